@@ -1,0 +1,113 @@
+"""Checkpoints carry their own config: `load_checkpoint(path)` rebuilds the model from the file alone.
+
+Layout (a dict saved by torch.save): format, format_version, config, model (state_dict), optimizer,
+scheduler, step, metrics, versions, train_args, and any extra keys a trainer adds (e.g. rng state).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import ModelConfig, build_model, config_from_dict
+
+FORMAT = "kpn-deploy-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is one line naming the file and the problem."""
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        kpn = version("kpn-deploy")
+    except PackageNotFoundError:
+        kpn = "unknown"
+    return {"kpn-deploy": kpn, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, then rename: never a partial checkpoint."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    cfg: ModelConfig,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    step: int = 0,
+    metrics: dict | None = None,
+    train_args: dict | None = None,
+    **extra: Any,
+) -> None:
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": int(step),
+        "metrics": metrics or {},
+        "versions": _versions(),
+        "train_args": train_args or {},
+        **extra,
+    }
+    atomic_torch_save(ckpt, path)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate the checkpoint dict (no model built)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        # weights_only=True: a checkpoint is data, never code to run.
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a kpn-deploy checkpoint (no '{FORMAT}' format tag)")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {ckpt.get('format_version')} is not supported "
+            f"(this kpn-deploy reads version {FORMAT_VERSION})"
+        )
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """-> (model in eval mode with its weights, the checkpoint dict)."""
+    ckpt = read_checkpoint(path, map_location)
+    try:
+        cfg = config_from_dict(ckpt["config"])
+        model = build_model(cfg)
+        model.load_state_dict(ckpt["model"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: checkpoint does not rebuild its model ({str(exc).splitlines()[0][:200]})") from None
+    model.eval()
+    ckpt["config_object"] = cfg
+    return model, ckpt

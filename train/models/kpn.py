@@ -1,0 +1,50 @@
+"""KPN (Mildenhall et al. 2018) and AME-KPN (attention, residual and weight branches, eq. 1-4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import adaptive_conv
+from .blocks import UNet
+from .config import KPNConfig
+
+
+class KernelPredictionNet(nn.Module):
+    """Predicts N per-pixel KxK kernels from the N frames and the noise map.
+
+    KPN:     Y_i = X_i (*) K_i;                                   Y = mean_i Y_i
+    AME-KPN: Y_i = sigmoid(W_i) * (X_i (*) K_i) + (1 - sigmoid(W_i)) * R_i   (eq. 4)
+    """
+
+    def __init__(self, cfg: KPNConfig):
+        super().__init__()
+        self.cfg = cfg
+        n, k = cfg.frames, cfg.kernel_size
+        self.backbone = UNet(n + 1, cfg.widths, cfg.convs_per_block, attention=cfg.attention)
+        f = cfg.widths[0]
+        if cfg.attention:
+            self.kernel_residual_head = nn.Conv2d(f, n * k * k + n, 3, padding=1)  # M_kr: [K, R]
+            self.weight_head = nn.Conv2d(f, n, 3, padding=1)  # M_w
+        else:
+            self.kernel_head = nn.Conv2d(f, n * k * k, 3, padding=1)
+
+    def forward_train(self, burst: Tensor, noise_map: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (denoised [B,1,H,W], per-frame estimates Y_i [B,N,H,W])."""
+        b, n, h, w = burst.shape
+        k2 = self.cfg.kernel_size**2
+        features = self.backbone(torch.cat([burst, noise_map], dim=1))
+        if self.cfg.attention:
+            kr = self.kernel_residual_head(features)
+            kernels, residuals = kr[:, : n * k2], kr[:, n * k2 :]
+        else:
+            kernels = self.kernel_head(features)
+        filtered = adaptive_conv(burst.unsqueeze(2), kernels.reshape(b, n, k2, h, w), self.cfg.kernel_size)
+        per_frame = filtered.squeeze(2)
+        if self.cfg.attention:
+            weights = torch.sigmoid(self.weight_head(features))
+            per_frame = weights * per_frame + (1.0 - weights) * residuals
+        return per_frame.mean(dim=1, keepdim=True), per_frame
+
+    def forward(self, burst: Tensor, noise_map: Tensor) -> Tensor:
+        return self.forward_train(burst, noise_map)[0]
