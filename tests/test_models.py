@@ -1,0 +1,117 @@
+"""The model families: shapes, sizes, the papers' reconstruction formulas, receptive field, configs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from train.models import FAMILIES, build_model, config_from_dict, count_parameters, default_config
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_small_models_shapes_and_size(family):
+    cfg = default_config(family, "small")
+    model = build_model(cfg)
+    assert count_parameters(model) <= 2_000_000
+    burst = torch.rand(2, cfg.frames, 24, 40)
+    denoised, aux = model.forward_train(burst, torch.full((2, 1, 24, 40), 0.02))
+    groups = cfg.frames if family in ("kpn", "ame-kpn") else cfg.groups
+    assert denoised.shape == (2, 1, 24, 40) and aux.shape == (2, groups, 24, 40)
+    assert torch.isfinite(denoised).all()
+
+
+def _zero_head(conv: torch.nn.Conv2d) -> None:
+    torch.nn.init.zeros_(conv.weight)
+    torch.nn.init.zeros_(conv.bias)
+
+
+def test_kpn_with_identity_kernels_averages_the_frames():
+    cfg = default_config("kpn")
+    model = build_model(cfg).eval()
+    _zero_head(model.kernel_head)
+    k2 = cfg.kernel_size**2
+    with torch.no_grad():
+        model.kernel_head.bias.view(cfg.frames, k2)[:, k2 // 2] = 1.0  # centre tap of every frame
+    burst = torch.rand(1, cfg.frames, 16, 16)
+    out = model(burst, torch.zeros(1, 1, 16, 16))
+    torch.testing.assert_close(out, burst.mean(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("weight_bias,expect", [(30.0, "filtered"), (-30.0, "residual")])
+def test_ame_kpn_blends_kernels_and_residuals_by_eq4(weight_bias, expect):
+    cfg = default_config("ame-kpn")
+    model = build_model(cfg).eval()
+    n, k2 = cfg.frames, cfg.kernel_size**2
+    _zero_head(model.kernel_residual_head)
+    _zero_head(model.weight_head)
+    with torch.no_grad():
+        model.kernel_residual_head.bias[: n * k2].view(n, k2)[:, k2 // 2] = 1.0  # identity kernels
+        model.kernel_residual_head.bias[n * k2 :] = 0.25  # residuals R_i = 0.25
+        model.weight_head.bias.fill_(weight_bias)  # sigmoid(W) ~ 1 or ~ 0
+    burst = torch.rand(1, n, 16, 16)
+    out = model(burst, torch.zeros(1, 1, 16, 16))
+    target = burst.mean(dim=1, keepdim=True) if expect == "filtered" else torch.full_like(out, 0.25)
+    torch.testing.assert_close(out, target, atol=1e-6, rtol=1e-6)
+
+
+def test_st_pan_with_zero_offsets_and_flat_weights_is_a_3d_box_filter():
+    cfg = default_config("st-pan")
+    model = build_model(cfg).eval()
+    _zero_head(model.offset_head)
+    _zero_head(model.weight_branch[-1])
+    burst = torch.rand(1, cfg.frames, 16, 16)
+    out = model(burst, torch.zeros(1, 1, 16, 16))
+    box = F.avg_pool3d(burst.unsqueeze(1), 3, stride=1, padding=1, count_include_pad=True)
+    torch.testing.assert_close(out, box[:, :, cfg.reference_index], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["kpn", "st-pan"])
+def test_receptive_radius_bounds_what_a_pixel_sees(family):
+    torch.manual_seed(0)
+    cfg = default_config(family)
+    model = build_model(cfg).eval()
+    r = cfg.receptive_radius
+    size = 2 * r + 2 * cfg.size_multiple
+    size += -size % cfg.size_multiple
+    burst = torch.rand(1, cfg.frames, size, size)
+    noise = torch.full((1, 1, size, size), 0.05)
+    with torch.no_grad():
+        base = model(burst, noise)
+        changed = burst.clone()
+        changed[..., :, r + 1 :] = torch.rand_like(changed[..., :, r + 1 :])  # everything > r columns right
+        after = model(changed, noise)
+    assert torch.equal(base[..., 0], after[..., 0])  # column 0 sees at most r columns
+    assert not torch.equal(base, after)
+
+
+def test_config_round_trip_and_checkpoint_rebuilds_model(tmp_path):
+    for family in FAMILIES:
+        cfg = default_config(family)
+        assert config_from_dict(cfg.to_dict()) == cfg
+    cfg = default_config("ame-kpn")
+    torch.manual_seed(3)
+    model = build_model(cfg).eval()
+    save_checkpoint(tmp_path / "m.pt", model, cfg, step=7, metrics={"val": {}})
+    loaded, ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt["step"] == 7 and ckpt["config"]["family"] == "ame-kpn"
+    burst, noise = torch.rand(1, 8, 16, 24), torch.full((1, 1, 16, 24), 0.03)
+    with torch.no_grad():
+        assert torch.equal(model(burst, noise), loaded(burst, noise))
+
+
+def test_bad_checkpoints_give_one_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(CheckpointError, match="not a kpn-deploy checkpoint"):
+        load_checkpoint(other)
+
+
+def test_paper_widths_build_and_count():
+    counts = {f: count_parameters(build_model(default_config(f, "paper"))) for f in FAMILIES}
+    assert all(c > 10_000_000 for c in counts.values()), counts
