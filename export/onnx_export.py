@@ -180,6 +180,8 @@ def _check_output(output: Path, ckpt_path: Path) -> None:
     if output.is_dir():
         raise ExportError(f"{output}: output is a folder; give a file path such as {output / 'model.onnx'}")
     parent = output.parent
+    if parent.exists() and not parent.is_dir():
+        raise ExportError(f"{output}: {parent} is a file, not a folder")
     if not parent.is_dir():
         raise ExportError(f"{output}: output folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -223,6 +225,7 @@ def _metadata(cfg, ckpt: dict, ckpt_sha: str, precision: str) -> dict[str, str]:
         "kpn.reference_index": str(cfg.reference_index),
         "kpn.size_multiple": str(cfg.size_multiple),
         "kpn.receptive_radius": str(cfg.receptive_radius),
+        "kpn.tiling_exact": "1" if getattr(cfg, "tiling_exact", True) else "0",
     }
     if cfg.family in ("kpn", "ame-kpn"):
         meta["kpn.kernel_size"] = str(cfg.kernel_size)
@@ -344,7 +347,22 @@ def _post_pass(model: onnx.ModelProto, meta: dict[str, str], opset: int, static:
                 del model.opset_import[i]
                 break
 
-    # 2. readable names of the dynamic axes ("8*h" -> "height")
+    # 2. outputs in the graph's precision: the exporter's decomposition of fp16 `sum` accumulates in
+    #    fp32 and returns fp32; keep that accumulation and cast the result back at the very end.
+    want = onnx.TensorProto.FLOAT16 if meta["kpn.precision"] == "fp16" else onnx.TensorProto.FLOAT
+    for out in model.graph.output:
+        tt = out.type.tensor_type
+        if tt.elem_type != want:
+            inner = f"{out.name}_{onnx.TensorProto.DataType.Name(tt.elem_type).lower()}"
+            for node in model.graph.node:
+                node.output[:] = [inner if o == out.name else o for o in node.output]
+                node.input[:] = [inner if i == out.name else i for i in node.input]
+            model.graph.node.append(
+                onnx.helper.make_node("Cast", [inner], [out.name], to=want, name=f"cast_{out.name}")
+            )
+            tt.elem_type = want
+
+    # 3. readable names of the dynamic axes ("8*h" -> "height")
     names = {"batch": "batch"}
     if not static:
         m = meta["kpn.size_multiple"]
@@ -354,7 +372,7 @@ def _post_pass(model: onnx.ModelProto, meta: dict[str, str], opset: int, static:
             if dim.HasField("dim_param") and dim.dim_param in names:
                 dim.dim_param = names[dim.dim_param]
 
-    # 3. drop exporter-side metadata (stack traces with local paths, FX names) from nodes and values
+    # 4. drop exporter-side metadata (stack traces with local paths, FX names) from nodes and values
     def strip(props) -> None:
         kept = [p for p in props if not p.key.startswith("pkg.torch")]
         del props[:]
@@ -367,7 +385,7 @@ def _post_pass(model: onnx.ModelProto, meta: dict[str, str], opset: int, static:
     for init in model.graph.initializer:
         strip(init.metadata_props)
 
-    # 4. model metadata (docs/model-io.md)
+    # 5. model metadata (docs/model-io.md)
     kept = [p for p in model.metadata_props if not p.key.startswith("kpn.")]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -443,7 +461,10 @@ def verify(
     runner = OnnxrtRunner(lambda: _ort_session(path), name="onnxrt")
     with runner:
         out = runner.infer(feed)
-    got = np.asarray(out["denoised"]).astype(np.float32)
+    raw = np.asarray(out["denoised"])
+    if raw.dtype != np_dtype:
+        raise VerificationError(f"{path}: output dtype {raw.dtype} != {np.dtype(np_dtype).name} ({precision} model)")
+    got = raw.astype(np.float32)
     if got.shape != expected.shape:
         raise VerificationError(f"{path}: output shape {got.shape} != PyTorch {expected.shape}")
     results = RunResults()
