@@ -447,7 +447,7 @@ def verify(
     feed = {"burst": burst.numpy().astype(np_dtype), "noise_map": noise_map.numpy().astype(np_dtype)}
     tol = TOLERANCE[precision]
     try:
-        from polygraphy.comparator import Comparator, CompareFunc, IterationResult, RunResults
+        from polygraphy.comparator import Comparator, IterationResult, RunResults, SimpleCompareFunc
         from polygraphy.backend.onnxrt import OnnxrtRunner
         from polygraphy.logger import G_LOGGER
     except ImportError:
@@ -470,7 +470,7 @@ def verify(
     results = RunResults()
     results.append(("pytorch", [IterationResult({"denoised": expected}, runner_name="pytorch")]))
     results.append(("onnxrt", [IterationResult({"denoised": got}, runner_name="onnxrt")]))
-    accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=tol, rtol=0.0))
+    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=tol, rtol=0.0))
     diff = float(np.abs(got - expected).max())
     if not bool(accuracy) and diff <= tol:  # disagreement between the two checks: trust neither
         raise VerificationError(f"{path}: Polygraphy comparator failed at max abs diff {diff:.3g}")
