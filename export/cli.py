@@ -103,6 +103,11 @@ def trt_cmd(
     """Build a TensorRT engine from MODEL (binds kpn nodes to the plugins of libkpn_plugins.so)."""
     if not model.is_file():
         _fail(f"{model}: no such ONNX file")
+    shapes = {
+        "min_shape": _shape(min_shape, "--min-shape"),
+        "opt_shape": _shape(opt_shape, "--opt-shape"),
+        "max_shape": _shape(max_shape, "--max-shape"),
+    }
     try:
         from export import trt as trt_builder  # lazy: TensorRT only on GPU hosts
     except ImportError as exc:
@@ -116,9 +121,7 @@ def trt_cmd(
             output_path=output,
             fp16=fp16,
             plugins=[str(p) for p in plugins] if plugins else None,
-            min_shape=_shape(min_shape, "--min-shape"),
-            opt_shape=_shape(opt_shape, "--opt-shape"),
-            max_shape=_shape(max_shape, "--max-shape"),
+            **shapes,
             workspace_mb=workspace,
             timing_cache=timing_cache,
         )

@@ -220,6 +220,8 @@ def test_cli_bad_inputs(tmp_path):
     _bad(["onnx", str(tmp_path)], tmp_path, str(tmp_path))
     _bad(["inspect", str(corrupt)], tmp_path, "corrupt.pt")
     _bad(["inspect", str(tmp_path / "none.onnx")], tmp_path, "none.onnx")
+    _bad(["trt", str(tmp_path / "none.onnx")], tmp_path, "none.onnx")
+    _bad(["trt", str(corrupt), "--min-shape", "1xAx8"], tmp_path, "--min-shape")
 
 
 def test_cli_bad_outputs(workdir, tmp_path):
