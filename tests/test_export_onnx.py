@@ -272,3 +272,17 @@ def test_kpn_export_entry_point_help():
     assert proc.returncode == 0
     for command in ("onnx", "inspect", "trt"):
         assert command in proc.stdout
+
+
+def test_failed_verification_writes_nothing(workdir, tmp_path, monkeypatch):
+    """A difference above tolerance is an error and leaves no file (nor temporary) behind."""
+    import export.onnx_export as onnx_export
+
+    ckpt = workdir / "kpn.pt"
+    if not ckpt.exists():
+        _make_checkpoint(workdir, "kpn")
+    monkeypatch.setitem(onnx_export.TOLERANCE, "fp32", -1.0)  # nothing can pass
+    out = tmp_path / "never.onnx"
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(ckpt, out)
+    assert list(tmp_path.iterdir()) == []
