@@ -1,0 +1,87 @@
+"""The papers' training losses, on linear images compared after sRGB gamma (train.metrics).
+
+AME-KPN (eq. 7, 8), also used for KPN (its own paper's loss):
+    l(Y^, Y)  = mean (G(Y^) - G(Y))^2 + lambda * [ mean |dx G(Y^) - dx G(Y)| + mean |dy G(Y^) - dy G(Y)| ]
+    L         = l(Y^, Y) + beta * alpha^t * sum_{i=1..N} l(Y^_i, Y)
+  G is the sRGB gamma of ST-PAN eq. 8; dx, dy are forward differences over the valid region (no
+  padding); the norms are means over pixels and the batch (the reference code's MSELoss/L1Loss), so
+  the loss does not scale with the crop. The paper gives no lambda: the KPN/AME-KPN reference code
+  adds the two terms with weight 1, the default here. beta = 100, alpha = 0.9998, t = the optimizer
+  step (0 for the first update).
+
+ST-PAN (eq. 9-11), also used for PAN:
+    l(Y, Ygt) = mean |G(Y) - G(Ygt)|
+    L         = l(Y, Ygt) + eta * gamma^m * sum_{i=1..s} l(Y_i, Ygt)
+  with Y_i the group estimates of eq. 10, already multiplied by s by the model; eta = 100,
+  gamma = 0.9998, m = the optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .metrics import linear_to_srgb
+
+
+def gradient_l1(a: Tensor, b: Tensor) -> Tensor:
+    """mean |dx a - dx b| + mean |dy a - dy b| over [..., H, W] (forward differences, valid region)."""
+    dxa, dxb = a[..., :, 1:] - a[..., :, :-1], b[..., :, 1:] - b[..., :, :-1]
+    dya, dyb = a[..., 1:, :] - a[..., :-1, :], b[..., 1:, :] - b[..., :-1, :]
+    return (dxa - dxb).abs().mean() + (dya - dyb).abs().mean()
+
+
+def ame_kpn_basic(pred: Tensor, target: Tensor, lam: float = 1.0) -> Tensor:
+    """Eq. 7 on [B, 1, H, W] linear images."""
+    gp, gt = linear_to_srgb(pred), linear_to_srgb(target)
+    return ((gp - gt) ** 2).mean() + lam * gradient_l1(gp, gt)
+
+
+def st_pan_basic(pred: Tensor, target: Tensor) -> Tensor:
+    """Eq. 9 on [B, 1, H, W] linear images."""
+    return (linear_to_srgb(pred) - linear_to_srgb(target)).abs().mean()
+
+
+@dataclass
+class AnnealedLoss:
+    """Base loss plus the annealed per-frame (KPN/AME-KPN) or per-group (ST-PAN/PAN) term.
+
+    `__call__(denoised [B,1,H,W], aux [B,G,H,W], clean [B,1,H,W], step) -> (total, parts)` where parts
+    holds the detached base loss, the annealed sum and its weight, for logging."""
+
+    kind: str  # "ame-kpn" (eq. 7-8) or "st-pan" (eq. 9-11)
+    coefficient: float = 100.0  # beta (AME-KPN) / eta (ST-PAN)
+    decay: float = 0.9998  # alpha (AME-KPN) / gamma (ST-PAN)
+    gradient_weight: float = 1.0  # lambda of eq. 7 (AME-KPN only)
+
+    def base(self, pred: Tensor, target: Tensor) -> Tensor:
+        if self.kind == "ame-kpn":
+            return ame_kpn_basic(pred, target, self.gradient_weight)
+        if self.kind == "st-pan":
+            return st_pan_basic(pred, target)
+        raise ValueError(f"unknown loss kind {self.kind!r}")
+
+    def weight(self, step: int) -> float:
+        return self.coefficient * self.decay ** int(step)
+
+    def __call__(self, denoised: Tensor, aux: Tensor, clean: Tensor, step: int) -> tuple[Tensor, dict]:
+        base = self.base(denoised, clean)
+        w = self.weight(step)
+        anneal = sum(self.base(aux[:, i : i + 1], clean) for i in range(aux.shape[1]))
+        total = base + w * anneal
+        return total, {"base": float(base.detach()), "anneal": float(anneal.detach()), "anneal_weight": w}
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "coefficient": self.coefficient, "decay": self.decay,
+                "gradient_weight": self.gradient_weight}
+
+
+def loss_for_family(family: str) -> AnnealedLoss:
+    """KPN and AME-KPN train with AME-KPN's loss (eq. 7-8); ST-PAN and PAN with ST-PAN's (eq. 9-11)."""
+    if family in ("kpn", "ame-kpn"):
+        return AnnealedLoss("ame-kpn", coefficient=100.0, decay=0.9998, gradient_weight=1.0)
+    if family in ("st-pan", "pan"):
+        return AnnealedLoss("st-pan", coefficient=100.0, decay=0.9998)
+    raise ValueError(f"unknown model family {family!r}")
