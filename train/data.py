@@ -284,16 +284,20 @@ def builtin_images() -> list[SourceImage]:
 
 
 def split_names(names: list[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Disjoint (train, val) index lists. An image's side depends only on its name (relative path)
-    and the seed, through a hash: adding images to a folder never moves the others across."""
+    """Disjoint (train, val) index lists. An image is for validation when the hash of (seed, its name)
+    maps below `val_fraction`, so its side depends on its name (relative path) alone: adding images
+    to a folder never moves the others across. Should that leave either side empty (tiny folders),
+    the image(s) of lowest / highest hash move over so both sides have one."""
     if len(names) < 2:
         raise DataError("need at least 2 images: training and validation images are disjoint")
-    keys = [hashlib.sha256(f"{seed}:{n}".encode()).hexdigest() for n in names]
-    order = sorted(range(len(names)), key=lambda i: keys[i])
-    n_val = min(max(1, round(val_fraction * len(names))), len(names) - 1)
-    val = sorted(order[:n_val])
-    train = sorted(order[n_val:])
-    return train, val
+    u = [int(hashlib.sha256(f"{seed}:{n}".encode()).hexdigest()[:15], 16) / 16**15 for n in names]
+    val = {i for i in range(len(names)) if u[i] < val_fraction}
+    order = sorted(range(len(names)), key=lambda i: u[i])
+    if not val:
+        val = {order[0]}
+    if len(val) == len(names):
+        val.discard(order[-1])
+    return [i for i in range(len(names)) if i not in val], sorted(val)
 
 
 def load_source(data: str, val_fraction: float = 0.2, split_seed: int = 0) -> tuple[list[SourceImage], list[SourceImage]]:

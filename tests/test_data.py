@@ -1,0 +1,224 @@
+"""Synthetic bursts (AME-KPN 3.1), image sources, the sRGB gamma and the gamma-space metrics, against
+naive references and the stated distributions."""
+
+import math
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from train import data as D
+from train.metrics import linear_to_srgb, psnr_gamma, srgb_to_linear, ssim_gamma
+
+
+def naive_box(img, f):
+    h, w = img.shape[0] // f, img.shape[1] // f
+    out = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            s = 0.0
+            for i in range(f):
+                for j in range(f):
+                    s += img[y * f + i, x * f + j]
+            out[y, x] = s / (f * f)
+    return out
+
+
+def test_box_downsample_matches_naive_loops():
+    img = np.random.default_rng(0).random((24, 36))
+    np.testing.assert_allclose(D.box_downsample(img, 4), naive_box(img, 4), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(D.box_downsample(img, 3), naive_box(img, 3), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("frames,ref", [(8, 0), (5, 2)])
+def test_noiseless_burst_is_shifted_box_downsampled_windows(frames, ref):
+    img = np.random.default_rng(1).random((4 * 10 + 128 + 20, 4 * 12 + 128 + 8))
+    rng = np.random.default_rng(2)
+    noisy, nmap, clean = D.make_burst(img, frames, 0.0, 0.0, rng, reference_index=ref, crop=(10, 12))
+    assert noisy.shape == (frames, 10, 12) and nmap.shape == (1, 10, 12) and clean.shape == (1, 10, 12)
+    # recover the draws: same rng sequence (offsets, then position)
+    rng = np.random.default_rng(2)
+    offsets = D.sample_offsets(rng, frames, ref)
+    y0 = int(rng.integers(64, img.shape[0] - 64 - 40 + 1))
+    x0 = int(rng.integers(64, img.shape[1] - 64 - 48 + 1))
+    assert (offsets[ref] == 0).all()
+    for i, (dy, dx) in enumerate(offsets):
+        window = img[y0 + dy : y0 + dy + 40, x0 + dx : x0 + dx + 48]
+        np.testing.assert_allclose(noisy[i], naive_box(window, 4), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(clean[0], naive_box(img[y0 : y0 + 40, x0 : x0 + 48], 4), atol=1e-6)
+    np.testing.assert_array_equal(noisy[ref], clean[0])  # the reference is the clean frame's position
+
+
+def test_noise_variance_and_noise_map_on_flat_image():
+    y, sr, ss = 0.25, 0.02, 0.01
+    img = np.full((4 * 64 + 128, 4 * 64 + 128), y)
+    noisy, nmap, clean = D.make_burst(img, 8, sr, ss, np.random.default_rng(3), crop=64)
+    resid = noisy.astype(np.float64) - y
+    expected = sr**2 + ss * y
+    n = resid.size  # 32768 samples: std of the variance estimate is sqrt(2/n) = 0.8%
+    assert abs(resid.mean()) < 4 * math.sqrt(expected / n)
+    assert abs(resid.var() / expected - 1) < 4 * math.sqrt(2 / n)
+    np.testing.assert_allclose(nmap[0], np.sqrt(sr**2 + ss * np.maximum(noisy[0], 0)), rtol=1e-6)
+    np.testing.assert_allclose(clean, y)
+
+
+def test_noise_variance_grows_with_signal_as_shot_noise():
+    sr, ss = 1e-3, 1e-2
+    for y in (0.05, 0.8):
+        img = np.full((4 * 64 + 128,) * 2, y)
+        noisy, _, _ = D.make_burst(img, 8, sr, ss, np.random.default_rng(4), crop=64)
+        assert abs(noisy.var() / (sr**2 + ss * y) - 1) < 0.035
+
+
+def test_offsets_ranges_and_big_jitter_probability():
+    rng = np.random.default_rng(5)
+    N, bursts = 8, 4000
+    offs = np.stack([D.sample_offsets(rng, N, 0) for _ in range(bursts)])
+    assert (offs[:, 0] == 0).all()
+    others = offs[:, 1:].reshape(-1, 2)
+    assert others.min() == -64 and others.max() == 64  # inclusive integer range
+    assert offs.dtype.kind == "i"
+    big = (np.abs(others) > 8).any(axis=1)
+    # P(offset drawn from [-64,64]) = E[min(n/N, 1)], n ~ Poisson(1.5); such a draw lands in [-8,8]^2
+    # with probability (17/129)^2.
+    p_big = sum(math.exp(-1.5) * 1.5**n / math.factorial(n) * min(n / N, 1) for n in range(60))
+    p = p_big * (1 - (17 / 129) ** 2)
+    sd = math.sqrt(p * (1 - p) / len(others)) * 3  # offsets of a burst are correlated: widen
+    assert abs(big.mean() - p) < 4 * sd
+    small_only = others[~big]
+    assert np.abs(small_only).max() == 8
+
+
+def test_clip_offsets_reference_in_the_middle_and_walk_stays_in_range():
+    rng = np.random.default_rng(6)
+    for motion in ("paper", "walk"):
+        offs = np.stack([D.sample_offsets(rng, 5, 2, motion) for _ in range(500)])
+        assert (offs[:, 2] == 0).all() and (offs[:, [0, 1, 3, 4]] != 0).any()
+        assert np.abs(offs).max() <= 64
+    assert (D.sample_offsets(rng, 1, 0) == 0).all()
+
+
+def test_noise_parameters_log_uniform_in_paper_ranges():
+    rng = np.random.default_rng(7)
+    p = np.array([D.sample_noise_params(rng) for _ in range(4000)])
+    lr, ls = np.log10(p[:, 0]), np.log10(p[:, 1])
+    assert lr.min() >= -3 and lr.max() <= -1.5 and ls.min() >= -4 and ls.max() <= -2
+    assert abs(lr.mean() - (-2.25)) < 0.03 and abs(ls.mean() - (-3.0)) < 0.03  # uniform in log
+
+
+def test_sampler_is_deterministic_with_seed_and_torch_in_torch_out():
+    train, _ = D.load_source("builtin")
+    s = D.BurstSampler(train[:3], 8, 0, 16)
+    a = s.batch(np.random.default_rng([1, 0, 5]), 2)
+    b = s.batch(np.random.default_rng([1, 0, 5]), 2)
+    c = s.batch(np.random.default_rng([1, 0, 6]), 2)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not torch.equal(a[0], c[0])
+    assert a[0].shape == (2, 8, 16, 16) and a[0].dtype == torch.float32
+    out = D.make_burst(torch.rand(200, 200), 3, 0.01, 0.001, np.random.default_rng(0), crop=8)
+    assert all(isinstance(t, torch.Tensor) for t in out)
+
+
+def test_builtin_split_is_disjoint_and_complete():
+    train, val = D.load_source("builtin")
+    tn, vn = {i.name for i in train}, {i.name for i in val}
+    assert not tn & vn and len(vn) >= 1
+    assert tn | vn == {f"builtin:{n}" for n in D.BUILTIN_IMAGES}
+    train2, val2 = D.load_source("builtin")
+    assert [i.name for i in val2] == [i.name for i in val]
+
+
+def test_folder_source_recursive_split_stable(tmp_path):
+    rng = np.random.default_rng(8)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    names = ["x.png", "a/y.jpg", "a/b/z.tif", "a/b/w.PNG", "v.tiff"]
+    for n in names:
+        arr = (rng.random((20, 30, 3)) * 255).astype(np.uint8)
+        iio.imwrite(tmp_path / n, arr, extension=".png" if n.lower().endswith("png") else None)
+    (tmp_path / "notes.txt").write_text("not an image")
+    train, val = D.load_source(str(tmp_path), val_fraction=0.4)
+    got = sorted(i.name for i in train + val)
+    assert got == sorted(str(tmp_path / n) for n in names) and 1 <= len(val) <= 4
+    assert not {i.name for i in train} & {i.name for i in val}
+    # adding images never moves existing ones across the split
+    many = [f"img{i:03d}.png" for i in range(60)]
+    t1, v1 = D.split_names(many, 0.25)
+    t2, v2 = D.split_names(many + ["new1.png", "new2.jpg"], 0.25)
+    assert {i for i in v1} == {i for i in v2 if i < 60} and 5 < len(v1) < 25
+    assert D.split_names(many, 0.25, seed=1) != (t1, v1)
+
+
+def test_image_formats_are_scaled_and_linearised(tmp_path):
+    g16 = np.full((8, 8), 32768, np.uint16)
+    iio.imwrite(tmp_path / "a.png", g16)
+    im = D.load_image(tmp_path / "a.png")
+    assert im.pixels.shape == (8, 8, 1) and im.pixels.dtype == np.uint16
+    np.testing.assert_allclose(im.linear(0), srgb_to_linear(32768 / 65535), rtol=1e-12)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 1] = 255
+    iio.imwrite(tmp_path / "b.png", rgba)
+    im = D.load_image(tmp_path / "b.png")
+    assert im.pixels.shape == (8, 8, 3) and im.linear(1).min() == 1.0
+    f = np.full((8, 8), 0.5, np.float32)
+    iio.imwrite(tmp_path / "c.tif", f)
+    np.testing.assert_allclose(D.load_image(tmp_path / "c.tif").linear(0), srgb_to_linear(0.5), rtol=1e-6)
+
+
+def test_bad_sources_name_the_file(tmp_path):
+    with pytest.raises(D.DataError, match="no images"):
+        D.list_images(tmp_path)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+    with pytest.raises(D.DataError, match=r"broken\.jpg: unreadable image"):
+        D.load_image(bad)
+    with pytest.raises(D.DataError, match="no such data folder"):
+        D.list_images(tmp_path / "missing")
+
+
+def test_small_images_are_enlarged_to_fit_the_window():
+    im = D.SourceImage("s", (np.random.default_rng(0).random((100, 150, 3)) * 255).astype(np.uint8))
+    s = D.BurstSampler([im], 4, 0, 32)
+    assert min(s.images[0].pixels.shape[:2]) >= 4 * 32 + 128 and s.images[0].pixels.dtype == np.uint8
+    burst, nmap, clean = s.batch(np.random.default_rng(0), 2)
+    assert burst.shape == (2, 4, 32, 32) and torch.isfinite(burst).all()
+
+
+def test_validation_set_four_gains_same_clean_frames():
+    _, val = D.load_source("builtin")
+    v = D.validation_set(val, 5, 2, 32, per_image=2, seed=0)
+    assert list(v) == ["gain1", "gain2", "gain3", "gain4"]
+    cleans = [v[g][2] for g in v]
+    for c in cleans[1:]:
+        assert torch.equal(c, cleans[0])
+    resid = [float((v[g][0][:, 2:3] - v[g][2]).var()) for g in v]
+    assert resid == sorted(resid)  # noisier at higher gain
+    sr, ss = D.VALIDATION_GAINS["gain3"]
+    expect = sr**2 + ss * float(v["gain3"][2].mean())
+    assert abs(resid[2] / expect - 1) < 0.1
+    assert torch.equal(D.validation_set(val, 5, 2, 32, per_image=2, seed=0)["gain2"][0], v["gain2"][0])
+
+
+def test_srgb_gamma_values_and_inverse():
+    x = np.array([-0.01, 0.0, 0.0031308, 0.01, 0.18, 0.5, 1.0])
+    ref = np.array([12.92 * v if v <= 0.0031308 else 1.055 * v ** (1 / 2.4) - 0.055 for v in x])
+    np.testing.assert_allclose(linear_to_srgb(x), ref, rtol=1e-12)
+    np.testing.assert_allclose(linear_to_srgb(torch.tensor(x)).numpy(), ref, rtol=1e-12)
+    assert abs(linear_to_srgb(1.0) - 1.0) < 1e-12 and abs(linear_to_srgb(0.5) - 0.735356983) < 1e-8
+    grid = np.linspace(-0.01, 1.2, 1001)
+    np.testing.assert_allclose(srgb_to_linear(linear_to_srgb(grid)), grid, atol=1e-12)
+    np.testing.assert_allclose(srgb_to_linear(torch.tensor(grid)).numpy(), srgb_to_linear(grid), rtol=1e-12)
+
+
+def test_psnr_and_ssim_in_gamma_space():
+    rng = np.random.default_rng(9)
+    t = rng.random((16, 16)) * 0.8
+    p = t + rng.normal(0, 0.01, t.shape)
+    gp = [1.055 * v ** (1 / 2.4) - 0.055 if v > 0.0031308 else 12.92 * v for v in np.clip(p, 0, 1).ravel()]
+    gt = [1.055 * v ** (1 / 2.4) - 0.055 if v > 0.0031308 else 12.92 * v for v in np.clip(t, 0, 1).ravel()]
+    mse = sum((a - b) ** 2 for a, b in zip(gp, gt)) / len(gp)
+    assert abs(psnr_gamma(p, t) - 10 * math.log10(1 / mse)) < 1e-9
+    assert psnr_gamma(torch.tensor(p), torch.tensor(t)) == pytest.approx(psnr_gamma(p, t), abs=1e-9)
+    assert ssim_gamma(t, t) == pytest.approx(1.0)
+    assert 0 < ssim_gamma(p, t) < 1

@@ -1,0 +1,91 @@
+"""The training losses against AME-KPN eq. 7-8 and ST-PAN eq. 9-11, computed independently with
+Python loops over small tensors."""
+
+import math
+
+import pytest
+import torch
+
+from train.losses import AnnealedLoss, ame_kpn_basic, loss_for_family, st_pan_basic
+
+
+def gamma(v: float) -> float:
+    return 12.92 * v if v <= 0.0031308 else 1.055 * v ** (1 / 2.4) - 0.055
+
+
+def img(t):  # [1,1,H,W] -> nested lists of gamma'd values
+    return [[gamma(float(v)) for v in row] for row in t[0, 0]]
+
+
+def eq7(pred, target, lam):
+    p, g = img(pred), img(target)
+    H, W = len(p), len(p[0])
+    l2 = sum((p[y][x] - g[y][x]) ** 2 for y in range(H) for x in range(W)) / (H * W)
+    gx = sum(abs((p[y][x + 1] - p[y][x]) - (g[y][x + 1] - g[y][x])) for y in range(H) for x in range(W - 1)) / (H * (W - 1))
+    gy = sum(abs((p[y + 1][x] - p[y][x]) - (g[y + 1][x] - g[y][x])) for y in range(H - 1) for x in range(W)) / ((H - 1) * W)
+    return l2 + lam * (gx + gy)
+
+
+def eq9(pred, target):
+    p, g = img(pred), img(target)
+    H, W = len(p), len(p[0])
+    return sum(abs(p[y][x] - g[y][x]) for y in range(H) for x in range(W)) / (H * W)
+
+
+def sample(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g, dtype=torch.float64) * 1.1 - 0.02  # a few negatives and > 1
+
+
+def test_eq7_basic_loss():
+    pred, target = sample(0, (1, 1, 5, 6)), sample(1, (1, 1, 5, 6))
+    for lam in (0.0, 1.0, 2.5):
+        assert float(ame_kpn_basic(pred, target, lam)) == pytest.approx(eq7(pred, target, lam), rel=1e-12)
+
+
+def test_eq9_basic_loss():
+    pred, target = sample(2, (1, 1, 4, 7)), sample(3, (1, 1, 4, 7))
+    assert float(st_pan_basic(pred, target)) == pytest.approx(eq9(pred, target), rel=1e-12)
+
+
+@pytest.mark.parametrize("step", [0, 1, 5000])
+def test_eq8_annealed_total(step):
+    target, pred = sample(4, (1, 1, 5, 5)), sample(5, (1, 1, 5, 5))
+    aux = sample(6, (1, 3, 5, 5))
+    loss = loss_for_family("ame-kpn")
+    total, parts = loss(pred, aux, target, step)
+    expect = eq7(pred, target, 1.0) + 100 * 0.9998**step * sum(eq7(aux[:, i : i + 1], target, 1.0) for i in range(3))
+    assert float(total) == pytest.approx(expect, rel=1e-12)
+    assert parts["anneal_weight"] == pytest.approx(100 * 0.9998**step)
+    assert loss_for_family("kpn") == loss
+
+
+@pytest.mark.parametrize("step", [0, 20000])
+def test_eq11_annealed_total(step):
+    target, pred = sample(7, (1, 1, 4, 5)), sample(8, (1, 1, 4, 5))
+    aux = sample(9, (1, 3, 4, 5))
+    total, _ = loss_for_family("st-pan")(pred, aux, target, step)
+    expect = eq9(pred, target) + 100 * 0.9998**step * sum(eq9(aux[:, i : i + 1], target) for i in range(3))
+    assert float(total) == pytest.approx(expect, rel=1e-12)
+    assert loss_for_family("pan") == loss_for_family("st-pan")
+
+
+def test_batch_mean_and_finite_gradients_at_zero_and_negative():
+    t = sample(10, (2, 1, 4, 4))
+    p = sample(11, (2, 1, 4, 4))
+    p[0, 0, 0, 0] = 0.0
+    p[1, 0, 1, 1] = -0.5
+    p.requires_grad_(True)
+    each = [eq7(p[i : i + 1].detach(), t[i : i + 1], 1.0) for i in range(2)]
+    val = ame_kpn_basic(p, t, 1.0)
+    assert float(val.detach()) == pytest.approx(sum(each) / 2, rel=1e-12)  # equal-size items: mean of means
+    val.backward()
+    assert torch.isfinite(p.grad).all()
+    assert torch.autograd.gradcheck(lambda x: st_pan_basic(x, t), (p.detach().clone().requires_grad_(),))
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError):
+        AnnealedLoss("nope").base(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError):
+        loss_for_family("unet")

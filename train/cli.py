@@ -1,0 +1,63 @@
+"""`kpn-train`: train KPN, AME-KPN, ST-PAN or PAN on synthetic bursts (see train/trainer.py).
+
+Several GPUs or hosts: `torchrun --nproc-per-node G -m train.cli ...` (DistributedDataParallel; nccl
+on CUDA, gloo on CPU); --batch-size is per process.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+
+
+@app.command()
+def run(
+    model: str = typer.Option(..., "--model", help="kpn, ame-kpn, st-pan or pan"),
+    width: str = typer.Option("small", "--width", help="small (CPU) or paper (the papers' widths)"),
+    data: str = typer.Option("builtin", "--data", help="folder of images (recursive; jpg/png/tif) or 'builtin'"),
+    iters: int = typer.Option(1000, "--iters", help="total optimizer steps (a resumed run continues to this)"),
+    batch_size: int = typer.Option(4, "--batch-size", help="bursts per step (per process under torchrun)"),
+    crop: int = typer.Option(64, "--crop", help="training crop P (output size; the source window is 4P+128)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="initial learning rate (default: the paper's: 1e-4 KPN/AME-KPN, 2e-4 ST-PAN/PAN)"),
+    out: str = typer.Option("ckpt.pt", "--out", help="checkpoint to write (atomically, every --ckpt-every steps and at the end)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="checkpoint to continue exactly (same step, optimizer, schedule, data)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    seed: int = typer.Option(0, "--seed"),
+    val_every: int = typer.Option(500, "--val-every", help="validate at AME-KPN Table 1's four gains every K steps"),
+    ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="checkpoint every K steps (default: --val-every)"),
+    frames: Optional[int] = typer.Option(None, "--frames", help="frames per burst (default 8 KPN/AME-KPN, 5 ST-PAN)"),
+    val_crop: int = typer.Option(128, "--val-crop", help="size of the validation bursts"),
+    val_per_image: int = typer.Option(4, "--val-per-image", help="validation crops per validation image"),
+    epoch_iters: Optional[int] = typer.Option(None, "--epoch-iters", help="iterations per LR-decay epoch (default: iters/40 for KPN/AME-KPN, 1 for ST-PAN/PAN)"),
+    motion: str = typer.Option("paper", "--motion", help="paper (AME-KPN 3.1 offsets) or walk (cumulative, for clips)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress or validation lines"),
+) -> None:
+    """Train a denoiser on synthetic bursts and write a checkpoint that kpn-export reads."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .trainer import TrainArgs, TrainError, train
+
+    args = TrainArgs(model=model, width=width, data=data, iters=iters, batch_size=batch_size, crop=crop, lr=lr,
+                     out=out, resume=resume, device=device, seed=seed, val_every=val_every, ckpt_every=ckpt_every,
+                     frames=frames, val_crop=val_crop, val_per_image=val_per_image, epoch_iters=epoch_iters,
+                     motion=motion, quiet=quiet)
+    try:
+        train(args)
+    except (TrainError, DataError, CheckpointError) as exc:
+        typer.echo(f"kpn-train: error: {exc}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        typer.echo("kpn-train: interrupted; the last checkpoint written is intact", err=True)
+        raise typer.Exit(130)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The training loop behind `kpn-train`: synthetic bursts, the papers' losses and learning-rate
+schedules, periodic validation at AME-KPN Table 1's gains, atomic checkpoints, exact resume and
+DistributedDataParallel under torchrun.
+
+Learning-rate schedules (Adam):
+- KPN / AME-KPN (AME-KPN 3.2): 1e-4, multiplied by 10^-0.05 once per "epoch" until 5e-6 (= lr0/20).
+  The paper does not say how long an epoch is; here it is `epoch_iters` iterations, by default
+  ceil(iters / 40): the paper's run of 8e4 iterations then has 2000-iteration epochs and reaches the
+  floor after 26 epochs (52k iterations), and a shorter run keeps the same shape.
+- ST-PAN / PAN (ST-PAN IV.B): 2e-4, multiplied by 0.999991 per "epoch" until 1e-4 (= lr0/2). An
+  epoch here is one iteration: over the paper's 2e5 iterations the rate halves after 77k iterations;
+  a longer epoch would leave it nearly constant.
+A different --lr scales the floor with it (the ratios above).
+
+Exact resume: the batch of step t on rank r is drawn from numpy's default_rng([seed, r, t]), so a
+resumed run needs no saved data-RNG state; the checkpoint carries weights, Adam state, scheduler
+state and the step. Under torchrun each process draws its own batch (`batch_size` per process);
+rank 0 validates and writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .data import VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
+from .losses import loss_for_family
+from .metrics import psnr_gamma, ssim_gamma
+from .models import build_model, config_from_dict, default_config
+
+# (initial lr, decay per epoch, floor as a fraction of the initial lr)
+LR_SCHEDULES = {
+    "kpn": (1e-4, 10**-0.05, 5e-6 / 1e-4),
+    "ame-kpn": (1e-4, 10**-0.05, 5e-6 / 1e-4),
+    "st-pan": (2e-4, 0.999991, 1e-4 / 2e-4),
+    "pan": (2e-4, 0.999991, 1e-4 / 2e-4),
+}
+
+
+class TrainError(Exception):
+    """A user error in the training arguments; one line."""
+
+
+@dataclass
+class TrainArgs:
+    model: str = "kpn"
+    width: str = "small"
+    data: str = "builtin"
+    iters: int = 1000
+    batch_size: int = 4
+    crop: int = 64
+    lr: float | None = None  # None: the paper's initial rate for the family
+    out: str = "ckpt.pt"
+    resume: str | None = None
+    device: str = "cpu"
+    seed: int = 0
+    val_every: int = 500
+    ckpt_every: int | None = None  # None: = val_every
+    frames: int | None = None  # None: the family's default (8 / 5 / 1)
+    val_crop: int = 128
+    val_per_image: int = 4
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    epoch_iters: int | None = None  # None: ceil(iters / 40) for KPN/AME-KPN, 1 for ST-PAN/PAN
+    motion: str = "paper"
+    quiet: bool = False
+    # fields that define the run: a resume takes them from the checkpoint
+    RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
+                                       "val_crop", "val_per_image", "val_fraction", "split_seed",
+                                       "epoch_iters", "motion"), repr=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("RUN_FIELDS")
+        return d
+
+
+def lr_lambda_factory(decay: float, floor: float, epoch_iters: int):
+    def f(step: int) -> float:
+        return max(decay ** (step // epoch_iters), floor)
+
+    return f
+
+
+class _TrainForward(nn.Module):
+    """Makes forward() return forward_train's pair, so DistributedDataParallel hooks see it."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, burst, noise_map):
+        return self.net.forward_train(burst, noise_map)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val: dict, device: torch.device, batch: int = 8) -> dict:
+    """PSNR/SSIM in gamma space per gain (mean over the validation bursts), and the noisy
+    reference's PSNR for comparison."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for gain, (burst, nmap, clean) in val.items():
+        preds = torch.cat([model(burst[i : i + batch].to(device), nmap[i : i + batch].to(device)).cpu()
+                           for i in range(0, len(burst), batch)])
+        ref = int(getattr(getattr(model, "cfg", None), "reference_index", 0))
+        sr, ss = VALIDATION_GAINS[gain]
+        out[gain] = {
+            "sigma_r": sr,
+            "sigma_s": ss,
+            "psnr": float(np.mean([psnr_gamma(p, c) for p, c in zip(preds, clean)])),
+            "ssim": float(np.mean([ssim_gamma(p[0], c[0]) for p, c in zip(preds, clean)])),
+            "psnr_noisy": float(np.mean([psnr_gamma(b[ref], c[0]) for b, c in zip(burst, clean)])),
+        }
+    model.train(was_training)
+    return out
+
+
+def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
+    """Fill defaults; on --resume take the run-defining fields from the checkpoint."""
+    ckpt = None
+    if args.resume:
+        ckpt = read_checkpoint(args.resume)
+        saved = ckpt.get("train_args") or {}
+        for name in args.RUN_FIELDS:
+            if name in saved:
+                setattr(args, name, saved[name])
+    if args.model not in LR_SCHEDULES:
+        raise TrainError(f"unknown model {args.model!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if args.width not in ("small", "paper"):
+        raise TrainError(f"unknown width {args.width!r}; choose small or paper")
+    for name in ("iters", "batch_size", "crop", "val_every", "val_crop", "val_per_image"):
+        if getattr(args, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.motion not in ("paper", "walk"):
+        raise TrainError(f"unknown motion model {args.motion!r}; choose paper or walk")
+    lr0, _, _ = LR_SCHEDULES[args.model]
+    if args.lr is None:
+        args.lr = lr0
+    if args.epoch_iters is None:
+        args.epoch_iters = max(1, math.ceil(args.iters / 40)) if args.model in ("kpn", "ame-kpn") else 1
+    if args.ckpt_every is None:
+        args.ckpt_every = args.val_every
+    return args, ckpt
+
+
+def _config(args: TrainArgs, ckpt: dict | None):
+    if ckpt is not None:
+        return config_from_dict(ckpt["config"])
+    cfg = default_config(args.model, args.width)
+    if args.frames is not None and args.frames != cfg.frames:
+        if args.model == "pan":
+            raise TrainError("pan takes exactly 1 frame (use st-pan for clips)")
+        if args.frames < 2:
+            raise TrainError(f"--frames must be at least 2 for {args.model}, got {args.frames}")
+        d = cfg.to_dict()
+        d["frames"] = args.frames
+        if args.model == "st-pan":
+            d["reference_index"] = -1  # back to T // 2
+        cfg = config_from_dict(d)
+    for name, size in (("crop", args.crop), ("val-crop", args.val_crop)):
+        if size % cfg.size_multiple:
+            raise TrainError(f"--{name} {size} must be a multiple of {cfg.size_multiple} for {args.model} ({args.width})")
+    return cfg
+
+
+def train(args: TrainArgs, console=None) -> dict:
+    """Runs (or resumes) a training; returns the final metrics. Raises TrainError, DataError or
+    CheckpointError for user errors."""
+    from rich.console import Console
+
+    rank, world, local_rank = _dist_info()
+    distributed = world > 1
+    console = console or Console(stderr=True, quiet=args.quiet or rank != 0)
+    args, ckpt = _resolve(args)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError("--device cuda: no CUDA device is available to PyTorch here; use --device cpu")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise TrainError(f"unknown device {args.device!r}; choose cpu or cuda")
+    cfg = _config(args, ckpt)
+
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        if args.device.startswith("cuda"):
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend)
+    device = torch.device(f"cuda:{local_rank}" if args.device.startswith("cuda") and distributed else args.device)
+
+    try:
+        train_images, val_images = load_source(args.data, args.val_fraction, args.split_seed)
+        sampler = BurstSampler(train_images, cfg.frames, cfg.reference_index, args.crop, motion=args.motion)
+        val = validation_set(val_images, cfg.frames, cfg.reference_index, args.val_crop,
+                             per_image=args.val_per_image, seed=args.split_seed, motion=args.motion) if rank == 0 else None
+
+        torch.manual_seed(args.seed)
+        net = build_model(cfg).to(device)
+        lr0, decay, floor = LR_SCHEDULES[cfg.family]
+        optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_factory(decay, floor, args.epoch_iters))
+        step, metrics = 0, {}
+        if ckpt is not None:
+            try:
+                net.load_state_dict(ckpt["model"])
+                if ckpt.get("optimizer"):
+                    optimizer.load_state_dict(ckpt["optimizer"])
+                if ckpt.get("scheduler"):
+                    scheduler.load_state_dict(ckpt["scheduler"])
+            except Exception as exc:
+                raise CheckpointError(f"{args.resume}: cannot resume from it ({str(exc).splitlines()[0][:200]})") from None
+            step, metrics = int(ckpt.get("step", 0)), dict(ckpt.get("metrics") or {})
+            console.print(f"resumed {args.resume} at step {step} of {args.iters}")
+        loss_fn = loss_for_family(cfg.family)
+        forward = _TrainForward(net)
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(forward, device_ids=[local_rank] if device.type == "cuda" else None)
+        train_args = args.to_dict() | {"world_size": world, "loss": loss_fn.to_dict()}
+
+        def checkpoint(step: int) -> None:
+            if rank == 0:
+                save_checkpoint(args.out, net, cfg, optimizer, scheduler, step=step, metrics=metrics, train_args=train_args)
+            if distributed:
+                dist.barrier()
+
+        def validate(step: int) -> None:
+            if rank == 0:
+                result = evaluate(net, val, device)
+                metrics["val"], metrics["val_step"] = result, step
+                metrics.setdefault("history", []).append({"step": step, **{g: r["psnr"] for g, r in result.items()}})
+                console.print(f"step {step}: val PSNR/SSIM (gamma) " + "  ".join(
+                    f"{g} {r['psnr']:.2f}/{r['ssim']:.3f} (noisy {r['psnr_noisy']:.2f})" for g, r in result.items()))
+            if distributed:
+                dist.barrier()
+
+        net.train()
+        losses: list[float] = []
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} it/s"),
+                      TimeRemainingColumn(), console=console, transient=False) as progress:
+            task = progress.add_task(f"{cfg.family} ({cfg.width})", total=args.iters, completed=step, loss="-", speed="-")
+            t0, s0 = time.perf_counter(), step
+            while step < args.iters:
+                rng = np.random.default_rng([args.seed, rank, step])
+                burst, nmap, clean = (t.to(device) for t in sampler.batch(rng, args.batch_size))
+                denoised, aux = forward(burst, nmap)
+                loss, _ = loss_fn(denoised, aux, clean, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                speed = (step - s0) / max(time.perf_counter() - t0, 1e-9)
+                progress.update(task, completed=step, loss=f"{np.mean(losses[-50:]):.4g}", speed=f"{speed:.2f}")
+                if step % args.val_every == 0 or step == args.iters:
+                    metrics["train_loss"] = float(np.mean(losses[-50:]))
+                    metrics["lr"] = float(scheduler.get_last_lr()[0])
+                    validate(step)
+                if step % args.ckpt_every == 0 or step == args.iters:
+                    metrics["train_loss"] = float(np.mean(losses[-50:]))
+                    checkpoint(step)
+        if step >= args.iters and (ckpt is not None and int(ckpt.get("step", 0)) >= args.iters):
+            console.print(f"{args.resume} is already at step {step} (>= --iters {args.iters}); nothing to do")
+        metrics["losses"] = losses
+        return metrics
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+__all__ = ["TrainArgs", "TrainError", "train", "evaluate", "LR_SCHEDULES", "DataError", "CheckpointError"]
