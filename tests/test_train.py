@@ -1,0 +1,140 @@
+"""kpn-train end to end on the CPU: a tiny run whose loss falls, checkpoints that reproduce the model,
+exact resume, the learning-rate schedules, DistributedDataParallel with gloo (2 processes), and the
+one-line errors of bad input."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train.checkpoint import load_checkpoint
+from train.data import BurstSampler, load_source, validation_set
+from train.losses import loss_for_family
+from train.models import build_model, default_config
+from train.trainer import LR_SCHEDULES, TrainArgs, evaluate, lr_lambda_factory, train
+
+TINY = dict(crop=16, val_crop=16, val_per_image=1, batch_size=2, quiet=True)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_tiny_training_loss_falls_and_checkpoint_reproduces_validation(tmp_path):
+    out = tmp_path / "kpn.pt"
+    m = train(TrainArgs(model="kpn", iters=40, val_every=40, out=str(out), lr=3e-4, seed=3, **{**TINY, "crop": 32}))
+    losses = m["losses"]
+    assert len(losses) == 40 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    model, ckpt = load_checkpoint(out)
+    assert ckpt["step"] == 40 and ckpt["config"]["family"] == "kpn"
+    assert set(ckpt["metrics"]["val"]) == {"gain1", "gain2", "gain3", "gain4"}
+    # the reloaded model gives exactly the validation numbers the trainer measured
+    _, val_images = load_source("builtin")
+    val = validation_set(val_images, 8, 0, 16, per_image=1, seed=0)
+    again = evaluate(model, val, torch.device("cpu"))
+    for g, r in ckpt["metrics"]["val"].items():
+        assert again[g]["psnr"] == r["psnr"] and again[g]["ssim"] == r["ssim"]
+    burst, nmap, _ = val["gain2"]
+    model2, _ = load_checkpoint(out)
+    with torch.no_grad():
+        assert torch.equal(model(burst, nmap), model2(burst, nmap))
+
+
+@pytest.mark.parametrize("family", ["ame-kpn", "st-pan"])
+def test_resume_equals_uninterrupted_run(tmp_path, family):
+    full, part = tmp_path / "full.pt", tmp_path / "part.pt"
+    common = dict(model=family, val_every=100, lr=1e-3, epoch_iters=2, seed=1, **TINY)
+    a = train(TrainArgs(iters=6, out=str(full), **common))
+    train(TrainArgs(iters=3, out=str(part), **common))
+    _, c3 = load_checkpoint(part)
+    assert c3["step"] == 3
+    # resume with other (run-defining) options given: the checkpoint's win
+    b = train(TrainArgs(model=family, iters=6, out=str(part), resume=str(part), crop=64, seed=99, quiet=True, val_every=100))
+    assert b["losses"] == a["losses"][3:]
+    _, ca = load_checkpoint(full)
+    _, cb = load_checkpoint(part)
+    assert cb["step"] == 6
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), k
+    assert ca["scheduler"] == cb["scheduler"]
+    for k, s in ca["optimizer"]["state"].items():
+        assert torch.equal(s["exp_avg_sq"], cb["optimizer"]["state"][k]["exp_avg_sq"])
+
+
+def test_lr_schedules_follow_the_papers():
+    lr0, decay, floor = LR_SCHEDULES["ame-kpn"]
+    f = lr_lambda_factory(decay, floor, epoch_iters=2000)
+    assert lr0 == 1e-4 and f(1999) == 1.0 and f(2000) == pytest.approx(10**-0.05)
+    assert lr0 * f(80000) == pytest.approx(5e-6)  # floor reached (after 26 epochs)
+    assert lr0 * f(25 * 2000) > 5e-6
+    lr0, decay, floor = LR_SCHEDULES["st-pan"]
+    f = lr_lambda_factory(decay, floor, epoch_iters=1)
+    assert lr0 == 2e-4 and lr0 * f(1000) == pytest.approx(2e-4 * 0.999991**1000)
+    assert lr0 * f(200000) == pytest.approx(1e-4)
+
+
+def test_ddp_two_processes_gloo_matches_one_process_on_both_batches(tmp_path):
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "train.cli", "--model", "kpn", "--iters", "2", "--crop", "16", "--val-crop", "16",
+           "--val-per-image", "1", "--batch-size", "2", "--seed", "4", "--lr", "1e-3", "--epoch-iters", "100", "--out", str(out), "--quiet"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    model, ckpt = load_checkpoint(out)
+    assert ckpt["step"] == 2 and ckpt["train_args"]["world_size"] == 2
+    # the same two steps in one process on the union of both ranks' batches (DDP averages gradients;
+    # every loss term is a mean over equal-size items)
+    cfg = default_config("kpn", "small")
+    torch.manual_seed(4)
+    net = build_model(cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    train_images, _ = load_source("builtin")
+    sampler = BurstSampler(train_images, 8, 0, 16)
+    loss_fn = loss_for_family("kpn")
+    for step in range(2):
+        parts = [sampler.batch(np.random.default_rng([4, rank, step]), 2) for rank in (0, 1)]
+        burst, nmap, clean = (torch.cat([p[i] for p in parts]) for i in range(3))
+        den, aux = net.forward_train(burst, nmap)
+        loss, _ = loss_fn(den, aux, clean, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ref = net.state_dict()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=1e-5, msg=k)
+    # and the run did move the weights (two Adam steps of 1e-3)
+    torch.manual_seed(4)
+    init = build_model(cfg).state_dict()
+    assert max(float((v - init[k]).abs().max()) for k, v in model.state_dict().items()) > 5e-4
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "train.cli", *args], env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_cli_bad_input_one_line_exit_2(tmp_path):
+    out = str(tmp_path / "o.pt")
+    _one_line_error(_cli("--model", "unet", "--out", out), "unknown model 'unet'")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(_cli("--model", "kpn", "--data", str(empty), "--out", out), str(empty), "no images")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "good.png").write_bytes(b"")  # zero bytes
+    import imageio.v3 as iio
+
+    iio.imwrite(bad / "ok.png", np.zeros((8, 8), np.uint8))
+    _one_line_error(_cli("--model", "kpn", "--data", str(bad), "--out", out), "good.png", "unreadable image")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 garbage, not a checkpoint")
+    _one_line_error(_cli("--model", "kpn", "--resume", str(corrupt), "--out", out), "corrupt.pt")
+    _one_line_error(_cli("--model", "kpn", "--crop", "20", "--out", out), "--crop 20", "multiple of 8")
+    assert not os.path.exists(out)
