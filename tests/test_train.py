@@ -138,3 +138,6 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     _one_line_error(_cli("--model", "kpn", "--resume", str(corrupt), "--out", out), "corrupt.pt")
     _one_line_error(_cli("--model", "kpn", "--crop", "20", "--out", out), "--crop 20", "multiple of 8")
     assert not os.path.exists(out)
+    good = tmp_path / "good.pt"
+    train(TrainArgs(model="pan", iters=1, out=str(good), **TINY))
+    _one_line_error(_cli("--model", "kpn", "--resume", str(good), "--out", out), "holds a pan model")

@@ -135,6 +135,9 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
     if args.resume:
         ckpt = read_checkpoint(args.resume)
         saved = ckpt.get("train_args") or {}
+        family = (ckpt.get("config") or {}).get("family")
+        if family != args.model:
+            raise TrainError(f"{args.resume}: checkpoint holds a {family} model, not {args.model}; pass --model {family}")
         for name in args.RUN_FIELDS:
             if name in saved:
                 setattr(args, name, saved[name])
