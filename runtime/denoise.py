@@ -1,0 +1,335 @@
+"""`python -m runtime.denoise BURST_DIR`: denoise a burst (or, with --video, a sequence) of frames.
+
+Python API: `denoise_burst(folder, ...) -> Result` and `denoise_video(folder, ...)`; both raise
+`runtime.errors.UserError` for anything the user can fix. No torch anywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .backends import BACKENDS, open_backend
+from .errors import UserError
+from .frames import (
+    TIFF_EXTENSIONS,
+    Frame,
+    check_consistent,
+    check_output,
+    default_suffix,
+    from_linear,
+    list_frames,
+    read_frame,
+    read_frames,
+    to_linear,
+    write_atomic,
+)
+from .model import ModelInfo, engine_sidecar_path, onnx_info, read_engine_sidecar, resolve_model
+from .noise import estimate_noise
+from .pipeline import noise_map, run_tiled, select_burst, tile_count, video_window
+
+NOISE_CROP = 1024  # noise estimation looks at the central NOISE_CROP^2 pixels of each frame
+
+
+@dataclass
+class Result:
+    output: Path
+    backend: str
+    seconds: float
+    megapixels: float
+    sigma: list[tuple[float, float]]  # per processed channel
+    notes: list[str]
+
+    @property
+    def mp_per_s(self) -> float:
+        return self.megapixels / max(self.seconds, 1e-9)
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _channels(c: int) -> tuple[int, int]:
+    """-> (channels denoised, channels copied from the reference): alpha is copied, not denoised."""
+    return (1, 1) if c == 2 else (3, 1) if c == 4 else (c, 0)
+
+
+def _reference(paths: list[Path], reference: Optional[str]) -> int:
+    if reference is None:
+        return 0
+    if reference.lstrip("-").isdigit():
+        i = int(reference)
+        if not 0 <= i < len(paths):
+            raise UserError(f"--reference {reference}: index outside 0..{len(paths) - 1} (frames in natural sort order)")
+        return i
+    for i, p in enumerate(paths):
+        if p.name == reference or p.name == Path(reference).name and Path(reference).parent in (Path("."), p.parent):
+            return i
+    raise UserError(f"--reference {reference}: no such frame in the folder")
+
+
+def _model_info(model: Path) -> ModelInfo:
+    if model.suffix.lower() in (".engine", ".plan", ".trt"):
+        from .model import engine_info
+
+        return engine_info(model, read_engine_sidecar(model))
+    return onnx_info(model)
+
+
+def _sigmas(frames_lin: Callable[[int], np.ndarray], nproc: int, read_noise, shot_noise, integer: bool):
+    if (read_noise is None) != (shot_noise is None):
+        raise UserError("give both --read-noise and --shot-noise, or neither (then they are estimated from the burst)")
+    if read_noise is not None:
+        if read_noise < 0 or shot_noise < 0 or not np.isfinite([read_noise, shot_noise]).all():
+            raise UserError("--read-noise and --shot-noise must be finite and >= 0 (linear units, as in the papers)")
+        return [(float(read_noise), float(shot_noise))] * nproc, False
+    out = []
+    for c in range(nproc):
+        try:
+            out.append(estimate_noise(frames_lin(c), clip_low=0.0 if integer else None, clip_high=1.0 if integer else None))
+        except ValueError as exc:
+            raise UserError(f"cannot estimate the noise ({exc}); pass --read-noise and --shot-noise") from None
+    return out, True
+
+
+def _centre_crop(px: np.ndarray, size: int) -> np.ndarray:
+    h, w = px.shape[:2]
+    y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return px[y0 : y0 + size, x0 : x0 + size]
+
+
+class _Progress:
+    def __init__(self, console: Console, total: int, label: str) -> None:
+        self.progress = None
+        if total > 1 and console.is_terminal:
+            self.progress = Progress(
+                TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} tiles"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+            )
+            self.task = self.progress.add_task(label, total=total)
+
+    def __enter__(self):
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def step(self) -> None:
+        if self.progress:
+            self.progress.advance(self.task)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress:
+            self.progress.stop()
+
+
+def _denoise_frames(frames: list[Frame], order: list[int], info: ModelInfo, backend, linear: bool,
+                    sigmas: list[tuple[float, float]], tile: Optional[int], step=None) -> np.ndarray:
+    """Denoise the burst `order` (indices into frames, model order) -> file-typed [H, W, C]."""
+    ref = frames[order[info.reference_index]]
+    h, w, c = ref.shape
+    nproc, _ = _channels(c)
+    raw = [frames[i].pixels for i in order]
+    sr = np.array([s[0] for s in sigmas], dtype=np.float32)[:, None, None, None]
+    ss = np.array([s[1] for s in sigmas], dtype=np.float32)[:, None, None, None]
+
+    def window(rows: np.ndarray, cols: np.ndarray):
+        burst = np.stack([to_linear(px[np.ix_(rows, cols)][:, :, :nproc], linear) for px in raw])  # [N, h, w, C]
+        burst = np.ascontiguousarray(burst.transpose(3, 0, 1, 2), dtype=np.float32)  # [C, N, h, w]
+        ref_lin = burst[:, info.reference_index : info.reference_index + 1]
+        return burst, np.sqrt(sr**2 + ss * np.maximum(ref_lin, 0.0)).astype(np.float32)
+
+    out_lin = run_tiled(window, h, w, nproc, info, backend.run, tile, backend.max_hw, backend.max_batch, step)
+    result = np.empty_like(ref.pixels)
+    result[:, :, :nproc] = from_linear(out_lin.transpose(1, 2, 0), ref.pixels.dtype, linear)
+    result[:, :, nproc:] = ref.pixels[:, :, nproc:]
+    return result
+
+
+def _open(model: Optional[Path], backend: str, plugins: Optional[Path], threads: Optional[int], cuda_graph: bool):
+    path = resolve_model(model)
+    info = _model_info(path)  # metadata and sidecar checks before any heavy import
+    be, note = open_backend(path, backend, plugins, threads, cuda_graph)
+    return be, note, be.info
+
+
+def denoise_burst(
+    folder: Path,
+    output: Optional[Path] = None,
+    model: Optional[Path] = None,
+    backend: str = "auto",
+    read_noise: Optional[float] = None,
+    shot_noise: Optional[float] = None,
+    reference: Optional[str] = None,
+    linear: bool = False,
+    tile: Optional[int] = None,
+    plugins: Optional[Path] = None,
+    pad_frames: bool = False,
+    threads: Optional[int] = None,
+    cuda_graph: bool = False,
+    console: Optional[Console] = None,
+) -> Result:
+    console = console or _console()
+    folder = Path(folder)
+    paths = list_frames(folder)
+    if len(paths) == 1 and not pad_frames:
+        raise UserError(f"{folder}: holds a single frame ({paths[0].name}); a burst needs several (or pass --pad-frames)")
+    frames = read_frames(paths)
+    is_float = frames[0].pixels.dtype == np.float32
+    linear = linear or is_float
+    out = Path(output) if output is not None else folder.parent / f"{folder.name}-denoised{default_suffix(paths)}"
+    check_output(out, paths, frames[0].pixels.dtype)
+    ref = _reference(paths, reference)
+    t0 = time.perf_counter()
+    be, note, info = _open(model, backend, plugins, threads, cuda_graph)
+    try:
+        order, frame_note = select_burst(len(paths), ref, info, pad_frames)
+        notes = [n for n in (frame_note,) if n]
+        h, w, c = frames[0].shape
+        nproc, _ = _channels(c)
+        used = sorted(set(order), key=order.index)
+        sigmas, estimated = _sigmas(
+            lambda ch: np.stack([to_linear(_centre_crop(frames[i].pixels, NOISE_CROP)[:, :, ch], linear) for i in used]),
+            nproc, read_noise, shot_noise, not is_float,
+        )
+        if estimated:
+            notes.append("estimated noise: " + ", ".join(f"sigma_r={a:.4g} sigma_s={b:.4g}" for a, b in sigmas))
+        for n in notes:
+            console.print(n, markup=False, highlight=False)
+        total = tile_count(h, w, info, tile, be.max_hw)
+        with _Progress(console, total, f"denoising with {be.name}") as prog:
+            result = _denoise_frames(frames, order, info, be, linear, sigmas, tile, prog.step)
+        write_atomic(out, result)
+    finally:
+        be.close()
+    secs = time.perf_counter() - t0
+    res = Result(out, f"{be.name} ({note})", secs, h * w / 1e6, sigmas, notes)
+    console.print(f"{out}: {w}x{h}x{c}, {len(order)} frames, {info.family} on {res.backend}, {secs:.2f} s, {res.mp_per_s:.2f} MP/s",
+                  markup=False, highlight=False)
+    return res
+
+
+def denoise_video(
+    folder: Path,
+    output: Optional[Path] = None,
+    model: Optional[Path] = None,
+    backend: str = "auto",
+    read_noise: Optional[float] = None,
+    shot_noise: Optional[float] = None,
+    linear: bool = False,
+    tile: Optional[int] = None,
+    plugins: Optional[Path] = None,
+    threads: Optional[int] = None,
+    cuda_graph: bool = False,
+    console: Optional[Console] = None,
+) -> Result:
+    """Sliding window of N (= T) frames around every frame; writes a folder of denoised frames."""
+    console = console or _console()
+    folder = Path(folder)
+    paths = list_frames(folder)
+    # validate every frame first (nothing is written when one is bad), keep only the first in memory
+    first = read_frame(paths[0])
+    for p in paths[1:]:
+        check_consistent([first, read_frame(p)])
+    if len(paths) == 1:
+        raise UserError(f"{folder}: holds a single frame ({paths[0].name}); a video needs several")
+    is_float = first.pixels.dtype == np.float32
+    linear = linear or is_float
+    out_dir = Path(output) if output is not None else folder.parent / f"{folder.name}-denoised"
+    if out_dir.resolve() == folder.resolve():
+        raise UserError(f"{out_dir}: is the input folder; choose another output folder with -o")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder; choose another -o")
+    suffix = ".tif" if is_float else None
+    outs = [out_dir / (p.stem + (suffix or (p.suffix if p.suffix.lower() in (".png",) + TIFF_EXTENSIONS else ".png"))) for p in paths]
+    check_dir = out_dir if out_dir.exists() else out_dir.parent
+    check_output(check_dir / outs[0].name, paths, first.pixels.dtype)
+    t0 = time.perf_counter()
+    be, note, info = _open(model, backend, plugins, threads, cuda_graph)
+    try:
+        h, w, c = first.shape
+        nproc, _ = _channels(c)
+        cache: dict[int, Frame] = {}
+
+        def get(i: int) -> Frame:
+            if i not in cache:
+                cache[i] = read_frame(paths[i])
+            return cache[i]
+
+        mid = len(paths) // 2
+        win = video_window(mid, len(paths), info)
+        sigmas, estimated = _sigmas(
+            lambda ch: np.stack([to_linear(_centre_crop(get(i).pixels, NOISE_CROP)[:, :, ch], linear) for i in sorted(set(win))]),
+            nproc, read_noise, shot_noise, not is_float,
+        )
+        if estimated:
+            console.print("estimated noise: " + ", ".join(f"sigma_r={a:.4g} sigma_s={b:.4g}" for a, b in sigmas), markup=False, highlight=False)
+        out_dir.mkdir(exist_ok=True)
+        per = tile_count(h, w, info, tile, be.max_hw)
+        with _Progress(console, per * len(paths), f"denoising {len(paths)} frames with {be.name}") as prog:
+            for t in range(len(paths)):
+                idx = video_window(t, len(paths), info)
+                for k in [k for k in cache if k not in idx]:
+                    del cache[k]
+                frames = {i: get(i) for i in idx}
+                local = [frames[i] for i in idx]
+                result = _denoise_frames(local, list(range(len(idx))), info, be, linear, sigmas, tile, prog.step)
+                write_atomic(outs[t], result)
+    finally:
+        be.close()
+    secs = time.perf_counter() - t0
+    res = Result(out_dir, f"{be.name} ({note})", secs, h * w * len(paths) / 1e6, sigmas, [])
+    console.print(f"{out_dir}: {len(paths)} frames {w}x{h}x{c}, {info.family} on {res.backend}, {secs:.2f} s, {res.mp_per_s:.2f} MP/s",
+                  markup=False, highlight=False)
+    return res
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    burst_dir: Path = typer.Argument(..., help="folder of frames (PNG 8/16-bit, TIFF uint8/uint16/float32, JPEG)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output file [BURST_DIR-denoised.png/.tif]; a folder with --video"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model .onnx or TensorRT .engine [models/default.onnx]"),
+    backend: str = typer.Option("auto", "--backend", help="auto | trt | ort-cuda | ort-cpu"),
+    read_noise: Optional[float] = typer.Option(None, "--read-noise", help="sigma_r, linear units (estimated when absent)"),
+    shot_noise: Optional[float] = typer.Option(None, "--shot-noise", help="sigma_s, linear units (estimated when absent)"),
+    reference: Optional[str] = typer.Option(None, "--reference", help="reference frame: file name or index [0: the first]"),
+    linear: bool = typer.Option(False, "--linear", help="frames hold linear intensities (no sRGB decode/encode)"),
+    tile: Optional[int] = typer.Option(None, "--tile", help="tile size in pixels [auto: untiled up to 1 MP, else 512]"),
+    video: bool = typer.Option(False, "--video", help="sliding window over a sequence; writes a folder of frames"),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="TensorRT plugin library libkpn_plugins.so"),
+    pad_frames: bool = typer.Option(False, "--pad-frames", help="fewer frames than the model needs: repeat the reference"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime CPU threads [all cores]"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay each tile shape as a CUDA graph"),
+) -> None:
+    """Denoise the burst in BURST_DIR (reference first, or --reference) with a KPN-family model."""
+    console = _console()
+    try:
+        if backend not in BACKENDS:
+            raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if video:
+            if reference is not None or pad_frames:
+                raise UserError("--reference and --pad-frames do not apply to --video (every frame is a reference in turn)")
+            denoise_video(burst_dir, output, model, backend, read_noise, shot_noise, linear, tile, plugins, threads, cuda_graph, console)
+        else:
+            denoise_burst(burst_dir, output, model, backend, read_noise, shot_noise, reference, linear, tile, plugins,
+                          pad_frames, threads, cuda_graph, console)
+    except UserError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; nothing written", markup=False, highlight=False)
+        raise typer.Exit(130)
+
+
+if __name__ == "__main__":
+    app()
