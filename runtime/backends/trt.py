@@ -35,7 +35,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def find_plugin_library(engine: Path, plugins: Optional[Path]) -> Path:
+def find_plugin_library(engine_file: Path, plugins: Optional[Path]) -> Path:
     """--plugins, else $KPN_PLUGINS, else libkpn_plugins.so beside the engine or in plugins/build/."""
     if plugins is not None:
         if not plugins.is_file():
@@ -45,49 +45,71 @@ def find_plugin_library(engine: Path, plugins: Optional[Path]) -> Path:
     if os.environ.get("KPN_PLUGINS"):
         candidates.append(Path(os.environ["KPN_PLUGINS"]))
     root = Path(__file__).resolve().parents[2]
-    candidates += [engine.parent / PLUGIN_LIBRARY, root / "plugins" / "build" / PLUGIN_LIBRARY]
+    candidates += [engine_file.parent / PLUGIN_LIBRARY, root / "plugins" / "build" / PLUGIN_LIBRARY]
     for c in candidates:
         if c.is_file():
             return c
     raise UserError(
-        f"{engine}: needs the plugin library {PLUGIN_LIBRARY} (looked in $KPN_PLUGINS, beside the engine and in "
+        f"{engine_file}: needs the plugin library {PLUGIN_LIBRARY} (looked in $KPN_PLUGINS, beside the engine and in "
         "plugins/build/); pass --plugins PATH"
     )
 
 
-def preflight(engine: Path, plugins: Optional[Path]) -> tuple[dict, Path]:
+def preflight(engine_file: Path, plugins: Optional[Path]) -> tuple[dict, Path]:
     """Checks that need neither TensorRT nor a GPU: sidecar, plugin library and its hash."""
-    if not engine.is_file():
-        raise UserError(f"{engine}: no such engine file")
-    sidecar = read_engine_sidecar(engine)
-    lib = find_plugin_library(engine, plugins)
+    if not engine_file.is_file():
+        raise UserError(f"{engine_file}: no such engine file")
+    sidecar = read_engine_sidecar(engine_file)
+    lib = find_plugin_library(engine_file, plugins)
     want = str(sidecar.get("plugin_sha256") or "")
     if want and _sha256(lib) != want:
-        raise UserError(f"{lib}: differs from the plugin library {engine.name} was built with; {REBUILD} (or pass the original --plugins)")
+        raise UserError(f"{lib}: differs from the plugin library {engine_file.name} was built with; {REBUILD} (or pass the original --plugins)")
     return sidecar, lib
 
 
-def import_tensorrt(engine: Path, sidecar: dict) -> Any:
+def installed_tensorrt_version() -> Optional[str]:
+    """TensorRT's version from the installed distribution, without importing it (None: not installed)."""
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_cu12_libs", "tensorrt-cu12-libs"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def check_tensorrt_version(engine_file: Path, sidecar: dict, installed: Optional[str]) -> None:
+    built = str(sidecar["tensorrt_version"])
+    if installed is None:
+        raise UserError(
+            f"{engine_file}: built with TensorRT {built}, and TensorRT is not installed here; pip install 'kpn-deploy[gpu]' "
+            "or run the .onnx with --backend ort-cpu"
+        )
+    if installed != built:
+        raise UserError(f"{engine_file}: built with TensorRT {built}, this is TensorRT {installed}; {REBUILD}")
+
+
+def import_tensorrt(engine_file: Path, sidecar: dict) -> Any:
+    check_tensorrt_version(engine_file, sidecar, installed_tensorrt_version())  # before the (slow) import
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise UserError(f"{engine}: TensorRT is not installed ({first_line(exc)}); pip install 'kpn-deploy[gpu]' or run the .onnx with --backend ort-cpu") from None
+        raise UserError(f"{engine_file}: TensorRT is not importable ({first_line(exc)}); pip install 'kpn-deploy[gpu]' or run the .onnx with --backend ort-cpu") from None
     if not hasattr(trt, "Runtime"):  # e.g. only tensorrt-stubs installed: an empty namespace package
-        raise UserError(f"{engine}: TensorRT is not installed (the tensorrt module has no Runtime); pip install 'kpn-deploy[gpu]'")
-    have = str(getattr(trt, "__version__", "?"))
-    if have != str(sidecar["tensorrt_version"]):
-        raise UserError(f"{engine}: built with TensorRT {sidecar['tensorrt_version']}, this is TensorRT {have}; {REBUILD}")
+        raise UserError(f"{engine_file}: TensorRT is not installed (the tensorrt module has no Runtime); pip install 'kpn-deploy[gpu]'")
+    check_tensorrt_version(engine_file, sidecar, str(getattr(trt, "__version__", "?")))
     return trt
 
 
-def _cuda_runtime(engine: Path) -> Any:
+def _cuda_runtime(engine_file: Path) -> Any:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
         try:
             from cuda import cudart  # cuda-python < 12.6 layout
         except ImportError as exc:
-            raise UserError(f"{engine}: cuda-python is not installed ({first_line(exc)}); pip install 'kpn-deploy[gpu]'") from None
+            raise UserError(f"{engine_file}: cuda-python is not installed ({first_line(exc)}); pip install 'kpn-deploy[gpu]'") from None
     return cudart
 
 
