@@ -54,7 +54,7 @@ class Result:
 
 
 def _console() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def _channels(c: int) -> tuple[int, int]:
