@@ -57,9 +57,15 @@ def to_linear(pixels: np.ndarray, linear: bool) -> np.ndarray:
     return _lut(pixels.dtype, linear)[pixels]
 
 
-def from_linear(values: np.ndarray, dtype: np.dtype, linear: bool) -> np.ndarray:
-    """Linear float32 -> file values of `dtype` (sRGB re-encoded unless `linear`)."""
+def from_linear(values: np.ndarray, dtype: np.dtype, linear: bool, rows: int = 256) -> np.ndarray:
+    """Linear float32 -> file values of `dtype` (sRGB re-encoded unless `linear`), `rows` rows at a
+    time so that the temporaries stay small on big frames."""
     dtype = np.dtype(dtype)
+    if values.ndim >= 2 and values.shape[0] > rows:
+        out = np.empty(values.shape, dtype=dtype)
+        for y in range(0, values.shape[0], rows):
+            out[y : y + rows] = from_linear(values[y : y + rows], dtype, linear, rows)
+        return out
     if dtype == np.float32:
         return values.astype(np.float32) if linear else linear_to_srgb(values)
     encoded = values if linear else linear_to_srgb(values)

@@ -20,7 +20,7 @@ import numpy as np
 
 MIN_SIGMA_R = 1e-4
 MIN_SIGMA_S = 1e-6
-MAX_SAMPLES = 4_000_000
+MAX_SAMPLES = 1_000_000
 FLAT_FRACTION = 0.15  # per intensity bin, the samples of lowest signal activity used
 
 
@@ -74,9 +74,9 @@ def estimate_noise(frames: np.ndarray, clip_low: float | None = 0.0, clip_high: 
             keep &= lo > clip_low
         if clip_high is not None:
             keep &= hi < clip_high
-        rs.append(r[keep])
-        ms.append(m[keep])
-        acts.append(act[keep])
+        rs.append(r[keep].astype(np.float32))
+        ms.append(m[keep].astype(np.float32))
+        acts.append(act[keep].astype(np.float32))
     r = np.concatenate(rs)
     m = np.concatenate(ms)
     act = np.concatenate(acts)
