@@ -297,18 +297,18 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 def main(
     burst_dir: Path = typer.Argument(..., help="folder of frames (PNG 8/16-bit, TIFF uint8/uint16/float32, JPEG)"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output file [BURST_DIR-denoised.png/.tif]; a folder with --video"),
-    model: Optional[Path] = typer.Option(None, "--model", help="model .onnx or TensorRT .engine [models/default.onnx]"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output file (default: BURST_DIR-denoised.png, .tif for TIFF input); a folder with --video"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model .onnx or TensorRT .engine (default: models/default.onnx)"),
     backend: str = typer.Option("auto", "--backend", help="auto | trt | ort-cuda | ort-cpu"),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="sigma_r, linear units (estimated when absent)"),
     shot_noise: Optional[float] = typer.Option(None, "--shot-noise", help="sigma_s, linear units (estimated when absent)"),
-    reference: Optional[str] = typer.Option(None, "--reference", help="reference frame: file name or index [0: the first]"),
+    reference: Optional[str] = typer.Option(None, "--reference", help="reference frame: file name or index (default 0: the first in natural order)"),
     linear: bool = typer.Option(False, "--linear", help="frames hold linear intensities (no sRGB decode/encode)"),
-    tile: Optional[int] = typer.Option(None, "--tile", help="tile size in pixels [auto: untiled up to 1 MP, else 512]"),
+    tile: Optional[int] = typer.Option(None, "--tile", help="tile size in pixels (default: untiled up to 1 MP, else 512)"),
     video: bool = typer.Option(False, "--video", help="sliding window over a sequence; writes a folder of frames"),
     plugins: Optional[Path] = typer.Option(None, "--plugins", help="TensorRT plugin library libkpn_plugins.so"),
     pad_frames: bool = typer.Option(False, "--pad-frames", help="fewer frames than the model needs: repeat the reference"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime CPU threads [all cores]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime CPU threads (default: all cores)"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay each tile shape as a CUDA graph"),
 ) -> None:
     """Denoise the burst in BURST_DIR (reference first, or --reference) with a KPN-family model."""

@@ -173,6 +173,8 @@ def check_output(output: Path, inputs: list[Path], pixels_dtype: np.dtype) -> No
     suffix = output.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         raise UserError(f"{output}: unknown output format {output.suffix!r}; use .png, .tif or .jpg")
+    if suffix in (".jpg", ".jpeg") and np.dtype(pixels_dtype) != np.uint8:
+        raise UserError(f"{output}: JPEG holds 8-bit images only; use .png or .tif for this {np.dtype(pixels_dtype)} burst")
     if np.dtype(pixels_dtype) == np.float32 and suffix not in TIFF_EXTENSIONS:
         raise UserError(f"{output}: float input needs a TIFF output (.tif) to keep its values")
 

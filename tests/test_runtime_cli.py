@@ -81,6 +81,21 @@ def test_16bit_gray_and_float_tiff_keep_type(tiny, tmp_path):
     np.testing.assert_allclose(res, _reference_run(tiny, ff[None])[0], atol=1e-5)
 
 
+def test_jpeg_in_png_out_and_fp16_model(tiny, tmp_path):
+    frames = noisy_frames(8, 40, 40, c=3)
+    write_burst(tmp_path / "j", frames, ext=".jpg")
+    assert _cli(tmp_path / "j", "--model", tiny, "--read-noise", SR, "--shot-noise", SS)[0] == 0
+    assert iio.imread(tmp_path / "j-denoised.png").shape == (40, 40, 3)  # JPEG in: lossless PNG out
+    # an fp16 model: the backend casts to the session's input type; agrees with fp32 to fp16 precision
+    half = make_tiny_model(tmp_path / "half.onnx", fp16=True)
+    ff = noisy_frames(8, 40, 48, dtype=np.float32)
+    write_burst(tmp_path / "f", ff, ext=".tif")
+    for m, name in ((tiny, "a.tif"), (half, "b.tif")):
+        assert _cli(tmp_path / "f", "-o", tmp_path / name, "--model", m, "--read-noise", SR, "--shot-noise", SS)[0] == 0
+    a, b = tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif")
+    assert b.dtype == np.float32 and 0 < np.abs(a - b).max() <= 1e-2
+
+
 def test_luts_round_trip():
     codes = np.arange(256, dtype=np.uint8)
     assert np.array_equal(from_linear(to_linear(codes, False), np.uint8, False), codes)
@@ -190,6 +205,7 @@ def _bad_cases(tmp: Path, tiny: Path):
     cases["output folder missing"] = ([b, "-o", tmp / "nodir" / "x.png"], "does not exist", "nodir")
     (tmp / "afile").write_text("x")
     cases["output parent is a file"] = ([b, "-o", tmp / "afile" / "x.png"], "not a folder", "afile")
+    cases["16-bit burst to JPEG"] = ([burst("deep", noisy_frames(8, 32, 32, dtype=np.uint16)), "-o", tmp / "x.jpg"], "8-bit images only", "x.jpg")
     cases["missing model"] = ([b, "--model", tmp / "missing.onnx"], "no such model", "missing.onnx")
     (tmp / "corrupt.onnx").write_bytes(b"\x08\x07garbage" * 10)
     cases["corrupt model"] = ([b, "--model", tmp / "corrupt.onnx"], "not a valid ONNX model", "corrupt.onnx")
