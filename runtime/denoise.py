@@ -153,9 +153,7 @@ def _denoise_frames(frames: list[Frame], order: list[int], info: ModelInfo, back
     return result
 
 
-def _open(model: Optional[Path], backend: str, plugins: Optional[Path], threads: Optional[int], cuda_graph: bool):
-    path = resolve_model(model)
-    info = _model_info(path)  # metadata and sidecar checks before any heavy import
+def _open(path: Path, backend: str, plugins: Optional[Path], threads: Optional[int], cuda_graph: bool):
     be, note = open_backend(path, backend, plugins, threads, cuda_graph)
     return be, note, be.info
 
@@ -179,16 +177,18 @@ def denoise_burst(
     console = console or _console()
     folder = Path(folder)
     paths = list_frames(folder)
-    if len(paths) == 1 and not pad_frames:
-        raise UserError(f"{folder}: holds a single frame ({paths[0].name}); a burst needs several (or pass --pad-frames)")
     frames = read_frames(paths)
     is_float = frames[0].pixels.dtype == np.float32
     linear = linear or is_float
     out = Path(output) if output is not None else folder.parent / f"{folder.name}-denoised{default_suffix(paths)}"
     check_output(out, paths, frames[0].pixels.dtype)
     ref = _reference(paths, reference)
+    model_path = resolve_model(model)
+    needed = _model_info(model_path).frames  # metadata and sidecar checks before any heavy import
+    if len(paths) == 1 and needed > 1 and not pad_frames:
+        raise UserError(f"{folder}: holds a single frame ({paths[0].name}); the model needs a burst of {needed} (or pass --pad-frames)")
     t0 = time.perf_counter()
-    be, note, info = _open(model, backend, plugins, threads, cuda_graph)
+    be, note, info = _open(model_path, backend, plugins, threads, cuda_graph)
     try:
         order, frame_note = select_burst(len(paths), ref, info, pad_frames)
         notes = [n for n in (frame_note,) if n]
@@ -251,8 +251,10 @@ def denoise_video(
     outs = [out_dir / (p.stem + (suffix or (p.suffix if p.suffix.lower() in (".png",) + TIFF_EXTENSIONS else ".png"))) for p in paths]
     check_dir = out_dir if out_dir.exists() else out_dir.parent
     check_output(check_dir / outs[0].name, paths, first.pixels.dtype)
+    model_path = resolve_model(model)
+    _model_info(model_path)
     t0 = time.perf_counter()
-    be, note, info = _open(model, backend, plugins, threads, cuda_graph)
+    be, note, info = _open(model_path, backend, plugins, threads, cuda_graph)
     try:
         h, w, c = first.shape
         nproc, _ = _channels(c)

@@ -99,3 +99,17 @@ def test_onnx_with_backend_trt_says_build_an_engine(tmp_path):
     code, out = _cli(tmp_path / "b", "--model", m, "--backend", "trt")
     assert code == 2 and "kpn-export trt" in out
 
+
+
+def test_auto_falls_back_from_an_unusable_engine_and_says_why(tmp_path, monkeypatch):
+    """auto with m.onnx and m.engine beside it tries TensorRT first; here (no TensorRT/GPU) it runs ORT."""
+    from test_runtime_fixtures import make_tiny_model
+
+    monkeypatch.setattr(rtrt, "PLUGIN_LIBRARY", "libkpn_plugins_absent_for_test.so")
+    monkeypatch.delenv("KPN_PLUGINS", raising=False)
+    m = make_tiny_model(tmp_path / "m.onnx")
+    _engine(tmp_path)
+    write_burst(tmp_path / "b", noisy_frames(8, 32, 32))
+    code, out = _cli(tmp_path / "b", "--model", m, "--read-noise", 0.01, "--shot-noise", 0.01)
+    assert code == 0 and "TensorRT skipped" in out and "needs the plugin library" in out
+    assert (tmp_path / "b-denoised.png").exists()

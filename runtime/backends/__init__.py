@@ -61,10 +61,20 @@ def open_backend(
         return OrtBackend(model, cuda=False, threads=threads), "requested"
     if backend == "ort-cuda":
         return OrtBackend(model, cuda=True, threads=threads), "requested"
-    # auto with an ONNX model: TensorRT needs an engine, so ONNX Runtime CUDA when usable, else CPU
+    # auto with an ONNX model: a TensorRT engine of the same name beside it first (MODEL.engine, built by
+    # kpn-export trt), then ONNX Runtime CUDA when usable, else CPU; each fallback says why
+    why = ""
+    engine = model.with_suffix(".engine")
+    if engine.is_file():
+        try:
+            from .trt import TrtBackend
+
+            return TrtBackend(engine, plugins=plugins, cuda_graph=cuda_graph), f"auto: {engine.name}"
+        except UserError as exc:
+            why = f"; TensorRT skipped: {exc}"
     if _cuda_provider_present():
         try:
-            return OrtBackend(model, cuda=True, threads=threads), "auto: CUDA provider present"
+            return OrtBackend(model, cuda=True, threads=threads), "auto: CUDA provider present" + why
         except UserError as exc:
-            return OrtBackend(model, cuda=False, threads=threads), f"auto: CUDA unusable ({exc})"
-    return OrtBackend(model, cuda=False, threads=threads), "auto: no GPU provider (give an .engine for TensorRT)"
+            return OrtBackend(model, cuda=False, threads=threads), f"auto: CUDA unusable ({exc})" + why
+    return OrtBackend(model, cuda=False, threads=threads), "auto: no CUDA provider" + (why or f", no {engine.name}")
