@@ -1,0 +1,1 @@
+"""kpn-bench: latency and quality benchmarks (see benchmarks/README.md)."""
