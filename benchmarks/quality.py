@@ -1,0 +1,427 @@
+"""`kpn-bench quality`: PSNR/SSIM in gamma space per gain, laid out like AME-KPN Table 1.
+
+Test bursts come from the project's generator (`train.data.validation_set`, AME-KPN sec. 3.1, the
+four gains of Table 1) on the VALIDATION split of the image source (`train.data.load_source`, the same
+hash split `kpn-train` uses, so the images were never trained on). Each test burst has `frames`
+frames with the reference first; a model takes the first N frames it needs, with the reference moved
+to its `reference_index` (the generator's "paper" motion model draws every frame's offset
+independently, so this is the distribution the model was trained on).
+
+Methods, all scored by `train.metrics.psnr_gamma` / `ssim_gamma` against the clean reference:
+- the noisy reference frame and the plain burst mean (no alignment);
+- OpenCV `fastNlMeansDenoisingMulti` on the 8-bit sRGB-encoded frames (reference in the middle of
+  a temporal window of `tws` frames) and BM3D (`bm3d` package) on the sRGB-encoded reference frame.
+  Both get their filter strength as a multiple of the noise standard deviation in gamma space
+  estimated from the noise map (the same information the models receive); the multiple (and NLM's
+  temporal window) is chosen per gain by grid search on TUNING bursts drawn from the training split
+  (disjoint from the test images), and the grid with every score is recorded in quality.json;
+- each model in PyTorch (checkpoint) and through the runtime (the exported ONNX model run by
+  `runtime.backends.open_backend`, default ONNX Runtime CPU).
+
+Time per megapixel: wall time of each method's calls over all test bursts / output megapixels, after
+one untimed warm-up call (the classical methods' tuning is not counted).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .common import (
+    BenchError,
+    ModelSpec,
+    arrange_burst,
+    ensure_onnx,
+    machine_info,
+    save_figure,
+    write_json,
+    write_text,
+)
+
+# AME-KPN paper, Table 1 (their synthetic test set; PSNR dB / SSIM per gain), for reference only.
+PAPER_TABLE1: dict[str, list[tuple[float, float]]] = {
+    "Reference frame": [(33.98, 0.8625), (26.94, 0.6286), (21.50, 0.3980), (16.44, 0.2027)],
+    "KPN, 5x5": [(37.94, 0.9767), (35.75, 0.9524), (33.70, 0.9223), (30.99, 0.8603)],
+    "KPN, 21x21": [(37.17, 0.9754), (35.87, 0.9523), (33.47, 0.9204), (30.61, 0.8573)],
+    "MKPN": [(38.29, 0.9719), (35.82, 0.9489), (35.43, 0.9122), (30.66, 0.8586)],
+    "AME-KPN, 5x5": [(39.92, 0.9776), (37.02, 0.9561), (35.46, 0.9295), (32.29, 0.8663)],
+}
+
+NLM_STRENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+NLM_WINDOWS = (3, 5, 7)
+BM3D_STRENGTHS = (0.75, 1.0, 1.25, 1.5)
+NOISY, MEAN, NLM, BM3D = "Noisy reference", "Burst mean", "OpenCV NLM multi-frame", "BM3D (reference frame)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics and classical methods
+
+
+def psnr(pred_linear: np.ndarray, clean_linear: np.ndarray) -> float:
+    from train.metrics import psnr_gamma
+
+    return psnr_gamma(pred_linear, clean_linear)
+
+
+def ssim(pred_linear: np.ndarray, clean_linear: np.ndarray) -> float:
+    from train.metrics import ssim_gamma
+
+    return ssim_gamma(np.asarray(pred_linear).squeeze(), np.asarray(clean_linear).squeeze())
+
+
+def _srgb(x: np.ndarray) -> np.ndarray:
+    from train.metrics import linear_to_srgb
+
+    return linear_to_srgb(np.clip(x, 0.0, 1.0).astype(np.float64))
+
+
+def _linear(g: np.ndarray) -> np.ndarray:
+    from train.metrics import srgb_to_linear
+
+    return srgb_to_linear(np.clip(g, 0.0, 1.0).astype(np.float64)).astype(np.float32)
+
+
+def gamma_sigma(reference: np.ndarray, noise_map: np.ndarray) -> float:
+    """RMS noise standard deviation after the sRGB gamma: the linear noise map times the slope of the
+    gamma at the (5x5 box-smoothed) noisy reference, first-order propagation."""
+    from scipy.ndimage import uniform_filter
+
+    y = np.maximum(uniform_filter(np.asarray(reference, np.float64), 5, mode="reflect"), 0.0)
+    slope = np.where(y <= 0.0031308, 12.92, (1.055 / 2.4) * np.maximum(y, 0.0031308) ** (1 / 2.4 - 1))
+    return float(np.sqrt(np.mean((slope * np.asarray(noise_map, np.float64).squeeze()) ** 2)))
+
+
+def nlm_denoise(burst: np.ndarray, noise_map: np.ndarray, strength: float, window: int) -> np.ndarray:
+    """cv2.fastNlMeansDenoisingMulti on 8-bit sRGB frames; the reference (frame 0) in the middle of a
+    temporal window of `window` frames; h = strength * 255 * gamma-space sigma."""
+    import cv2
+
+    if window % 2 == 0 or window > burst.shape[0]:
+        raise ValueError(f"NLM temporal window {window} must be odd and <= {burst.shape[0]} frames")
+    u8 = np.round(_srgb(burst) * 255.0).astype(np.uint8)
+    half = window // 2
+    others = list(range(1, window))
+    order = others[:half] + [0] + others[half:]
+    h = float(strength * 255.0 * gamma_sigma(burst[0], noise_map))
+    out = cv2.fastNlMeansDenoisingMulti([np.ascontiguousarray(u8[i]) for i in order], half, window, None, h, 7, 21)
+    return _linear(out.astype(np.float64) / 255.0)
+
+
+def bm3d_denoise(burst: np.ndarray, noise_map: np.ndarray, strength: float) -> np.ndarray:
+    """BM3D (both stages) on the sRGB-encoded reference frame, sigma = strength * gamma-space sigma."""
+    import bm3d
+
+    g = _srgb(burst[0])
+    out = bm3d.bm3d(g, sigma_psd=strength * gamma_sigma(burst[0], noise_map))
+    return _linear(np.asarray(out))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+
+
+def _gain_name(g: int) -> str:
+    return f"gain{g}"
+
+
+def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_crops: int, frames: int,
+                seed: int, val_fraction: float, split_seed: int, need_tuning: bool) -> tuple[dict, dict, dict]:
+    """-> (test {gain: (burst [V,N,h,w], nmap [V,1,h,w], clean [V,1,h,w]) numpy}, tuning (same), source info)."""
+    from train.data import DataError, VALIDATION_GAINS, load_source, validation_set
+
+    for g in gains:
+        if _gain_name(g) not in VALIDATION_GAINS:
+            raise BenchError(f"--gains: {g} is not one of AME-KPN Table 1's gains (1, 2, 3, 4)")
+    if test_crops < 1 or crop < 8:
+        raise BenchError("--test-crops must be >= 1 and --crop >= 8")
+    source = "builtin" if images == "builtin-test" else images
+    try:
+        train_imgs, val_imgs = load_source(source, val_fraction, split_seed)
+    except DataError as exc:
+        raise BenchError(str(exc)) from None
+
+    def make(imgs, count, s):
+        per = math.ceil(count / len(imgs))
+        vs = validation_set(imgs, frames, 0, crop, per_image=per, seed=s)
+        return {g: tuple(t.numpy()[:count] for t in vs[_gain_name(g)]) for g in gains}
+
+    test = make(val_imgs, test_crops, seed)
+    tune: dict = {}
+    tune_names: list[str] = []
+    if need_tuning and tune_crops > 0:
+        step = max(len(train_imgs) / tune_crops, 1.0)
+        chosen = [train_imgs[int(i * step)] for i in range(min(tune_crops, len(train_imgs)))]
+        tune = make(chosen, tune_crops, seed + 1)
+        tune_names = [im.name for im in chosen]
+    info = {
+        "images": images,
+        "test_images": [im.name for im in val_imgs],
+        "tuning_images": tune_names,
+        "train_split_size": len(train_imgs),
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
+        "gains": {_gain_name(g): dict(zip(("sigma_r", "sigma_s"), VALIDATION_GAINS[_gain_name(g)])) for g in gains},
+    }
+    return test, tune, info
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tuning
+
+
+def tune(method: str, data: dict, gains: list[int], frames: int, log: Callable[[str], None]) -> dict:
+    """Grid search per gain on the tuning bursts -> {gain: {"params": best, "psnr": best, "grid": [...]}}."""
+    if method == NLM:
+        grid = [{"strength": s, "window": w} for w in NLM_WINDOWS if w <= frames for s in NLM_STRENGTHS]
+        fn = lambda b, m, p: nlm_denoise(b, m, p["strength"], p["window"])  # noqa: E731
+    else:
+        grid = [{"strength": s} for s in BM3D_STRENGTHS]
+        fn = lambda b, m, p: bm3d_denoise(b, m, p["strength"])  # noqa: E731
+    out = {}
+    for g in gains:
+        burst, nmap, clean = data[g]
+        scores = []
+        for p in grid:
+            vals = [psnr(fn(burst[i], nmap[i], p), clean[i]) for i in range(len(burst))]
+            scores.append({"params": p, "psnr": float(np.mean(vals))})
+        best = max(scores, key=lambda s: s["psnr"])
+        out[_gain_name(g)] = {"params": best["params"], "psnr": best["psnr"], "grid": scores}
+        log(f"tuned {method} at gain {g}: {best['params']} (tuning PSNR {best['psnr']:.2f} dB)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _evaluate(name: str, fn: Callable[[int, int], np.ndarray], test: dict, gains: list[int], results: dict,
+              timing: dict, outputs: dict, log: Callable[[str], None]) -> None:
+    """fn(gain, i) -> denoised linear [h, w] of test burst i; records PSNR/SSIM per gain and time per MP."""
+    per_gain = {}
+    seconds, pixels = 0.0, 0
+    fn(gains[0], 0)  # warm-up (first-call allocation, session start): not timed
+    for g in gains:
+        burst, nmap, clean = test[g]
+        ps, ss = [], []
+        for i in range(len(burst)):
+            t0 = time.perf_counter()
+            out = np.asarray(fn(g, i), dtype=np.float32).reshape(clean[i].shape[-2:])
+            seconds += time.perf_counter() - t0
+            pixels += out.size
+            ps.append(psnr(out, clean[i]))
+            ss.append(ssim(out, clean[i]))
+            outputs.setdefault(name, {}).setdefault(g, []).append(out)
+        per_gain[_gain_name(g)] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)),
+                                   "psnr_per_burst": ps, "ssim_per_burst": ss}
+    results[name] = per_gain
+    timing[name] = {"seconds": seconds, "megapixels": pixels / 1e6, "seconds_per_mp": seconds / (pixels / 1e6)}
+    log(f"{name:40s} " + "  ".join(f"g{g}: {per_gain[_gain_name(g)]['psnr']:.2f}/{per_gain[_gain_name(g)]['ssim']:.3f}"
+                                     for g in gains) + f"   {timing[name]['seconds_per_mp']:.2f} s/MP")
+
+
+def _model_methods(spec: ModelSpec, crop: int, threads: int, runtime_backend: str, workdir: Path,
+                   test: dict) -> tuple[list[tuple[str, Callable]], list[dict]]:
+    """(name, fn(gain, i)) for the model in PyTorch and through the runtime; unavailable ones with reason."""
+    if crop % spec.size_multiple:
+        raise BenchError(f"--crop {crop} is not a multiple of {spec.size_multiple} ({spec.name}); pick e.g. "
+                         f"{crop - crop % spec.size_multiple or spec.size_multiple}")
+    methods, unavailable = [], []
+
+    def feed(g, i):
+        burst, nmap, _ = test[g]
+        return np.ascontiguousarray(arrange_burst(burst[i], spec.frames, spec.reference_index)[None]), nmap[i][None]
+
+    if spec.checkpoint is not None:
+        import torch
+
+        from train.checkpoint import load_checkpoint
+
+        torch.set_num_threads(threads)
+        model, _ = load_checkpoint(spec.checkpoint)
+
+        def run_torch(g, i, model=model):
+            b, m = feed(g, i)
+            with torch.inference_mode():
+                return model(torch.from_numpy(b), torch.from_numpy(m)).numpy()[0, 0]
+
+        methods.append((f"{spec.name} (PyTorch)", run_torch))
+    else:
+        unavailable.append({"method": f"{spec.name} (PyTorch)", "reason": "ONNX-only model: no checkpoint"})
+    try:
+        from runtime.backends import open_backend
+        from runtime.errors import UserError
+
+        onnx_path = ensure_onnx(spec, workdir / "onnx")
+        be, note = open_backend(onnx_path, runtime_backend, threads=threads)
+
+        def run_rt(g, i, be=be):
+            b, m = feed(g, i)
+            return be.run(b, m)[0, 0]
+
+        methods.append((f"{spec.name} (runtime {be.name})", run_rt))
+    except (UserError, BenchError) as exc:
+        unavailable.append({"method": f"{spec.name} (runtime {runtime_backend})", "reason": str(exc)})
+    return methods, unavailable
+
+
+def markdown(result: dict) -> str:
+    cfg, env = result["config"], result["machine"]
+    gains = cfg["gains"]
+    head = "| method | " + " | ".join(f"gain {g} PSNR | gain {g} SSIM" for g in gains) + " | s/MP |"
+    sep = "|---|" + "---:|---:|" * len(gains) + "---:|"
+    lines = [
+        "# kpn-bench quality",
+        "",
+        f"Command: `{cfg['command']}`",
+        "",
+        f"{env['cpu']} ({env['cpu_count']} CPUs), {cfg['threads']} threads. Test bursts: {cfg['test_crops']} per gain, "
+        f"{cfg['crop']}x{cfg['crop']} px, {cfg['frames']} frames, from the validation split "
+        f"({', '.join(result['source']['test_images'])}) of `{cfg['images']}`, never used for training; generator "
+        "`train.data.validation_set` (AME-KPN sec. 3.1). PSNR (dB) and SSIM in sRGB gamma space, mean over bursts. "
+        "s/MP = seconds per output megapixel on this machine.",
+        "",
+        head,
+        sep,
+    ]
+    for name, per_gain in result["results"].items():
+        cells = " | ".join(f"{per_gain[f'gain{g}']['psnr']:.2f} | {per_gain[f'gain{g}']['ssim']:.4f}" for g in gains)
+        lines.append(f"| {name} | {cells} | {result['time_per_mp'][name]['seconds_per_mp']:.3f} |")
+    if result["model_parity"]:
+        lines += ["", "## PyTorch vs runtime (exported ONNX)", "", "| model | max abs diff (linear) | max PSNR difference dB |",
+                  "|---|---:|---:|"]
+        for p in result["model_parity"]:
+            lines.append(f"| {p['model']} | {p['max_abs_diff']:.2e} | {p['max_psnr_diff_db']:.4f} |")
+    if result["unavailable"]:
+        lines += ["", "## Not available", ""]
+        lines += [f"- {u['method']}: not available: {u['reason']}" for u in result["unavailable"]]
+    if result["tuning"]:
+        lines += ["", f"## Tuning of the classical baselines (grid search on {cfg['tune_crops']} tuning bursts per gain "
+                  f"from the training split: {', '.join(result['source']['tuning_images'])})", "",
+                  "| method | gain | chosen parameters | tuning PSNR | grid size |", "|---|---|---|---:|---:|"]
+        for method, per_gain in result["tuning"].items():
+            for g, t in per_gain.items():
+                lines.append(f"| {method} | {g} | {t['params']} | {t['psnr']:.2f} | {len(t['grid'])} |")
+        lines.append("")
+        lines.append("Strength = multiple of the gamma-space noise sigma (from the noise map): NLM h = strength x 255 x sigma "
+                     "(8-bit frames, template 7, search 21, temporal window `window`); BM3D sigma_psd = strength x sigma.")
+    lines += ["", "## AME-KPN paper, Table 1 (their test set and their models; for reference, not the same data)", "",
+              "| algorithm | " + " | ".join(f"gain {g} PSNR | gain {g} SSIM" for g in range(1, 5)) + " |",
+              "|---|" + "---:|---:|" * 4]
+    for name, vals in PAPER_TABLE1.items():
+        lines.append(f"| {name} | " + " | ".join(f"{p:.2f} | {s:.4f}" for p, s in vals) + " |")
+    lines += ["", "Gains (sigma_r, sigma_s): " + "; ".join(f"{g}: ({v['sigma_r']:g}, {v['sigma_s']:g})"
+                                                          for g, v in result["source"]["gains"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def crops_figure(outputs: dict, test: dict, gain: int, index: int, results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    burst, nmap, clean = test[gain]
+    panels = [(NOISY, outputs[NOISY][gain][index])]
+    panels += [(name, outs[gain][index]) for name, outs in outputs.items() if name != NOISY]
+    panels.append(("Clean", clean[index, 0]))
+    cols = min(len(panels), 5)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
+    for ax, (name, img) in zip(axes.flat, panels):
+        ax.imshow(_srgb(np.asarray(img, np.float64)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        if name == "Clean":
+            title = "Clean"
+        else:
+            title = f"{name}\n{psnr(img, clean[index]):.2f} dB"
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"gain {gain}, test burst {index} (sRGB gamma)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int], crop: int, test_crops: int,
+        tune_crops: int, frames: int, threads: int, seed: int, val_fraction: float, split_seed: int, use_bm3d: bool,
+        use_nlm: bool, runtime_backend: str, out: Path, workdir: Path, command: str,
+        log: Callable[[str], None] = print) -> dict:
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    if use_nlm and frames < 3:
+        raise BenchError("--frames must be >= 3 for the NLM multi-frame baseline (or --no-nlm)")
+    need_frames = max([s.frames for s in specs], default=1)
+    if need_frames > frames:
+        raise BenchError(f"--frames {frames}: a model needs {need_frames} frames")
+    gains = sorted(set(gains))
+    test, tuning_data, source = load_bursts(images, gains, crop, test_crops, tune_crops, frames, seed, val_fraction,
+                                            split_seed, use_bm3d or use_nlm)
+    if (use_bm3d or use_nlm) and not tuning_data:
+        raise BenchError("--tune-crops must be >= 1 to tune the classical baselines (or --no-nlm --no-bm3d)")
+    log(f"test bursts: {len(test[gains[0]][0])} x {crop}x{crop} per gain from {source['test_images']}; "
+        f"tuning bursts from {source['tuning_images']}")
+
+    results: dict = {}
+    timing: dict = {}
+    outputs: dict = {}
+    tuning: dict = {}
+    unavailable: list[dict] = []
+    _evaluate(NOISY, lambda g, i: test[g][0][i, 0], test, gains, results, timing, outputs, log)
+    _evaluate(MEAN, lambda g, i: test[g][0][i].mean(axis=0), test, gains, results, timing, outputs, log)
+    if use_nlm:
+        tuning[NLM] = tune(NLM, tuning_data, gains, frames, log)
+        _evaluate(NLM, lambda g, i: nlm_denoise(test[g][0][i], test[g][1][i], **tuning[NLM][_gain_name(g)]["params"]),
+                  test, gains, results, timing, outputs, log)
+    else:
+        unavailable.append({"method": NLM, "reason": "skipped (--no-nlm)"})
+    if use_bm3d:
+        tuning[BM3D] = tune(BM3D, tuning_data, gains, frames, log)
+        _evaluate(BM3D, lambda g, i: bm3d_denoise(test[g][0][i], test[g][1][i], **tuning[BM3D][_gain_name(g)]["params"]),
+                  test, gains, results, timing, outputs, log)
+    else:
+        unavailable.append({"method": BM3D, "reason": "skipped (--no-bm3d)"})
+
+    parity = []
+    for spec in specs:
+        methods, missing = _model_methods(spec, crop, threads, runtime_backend, workdir, test)
+        unavailable += missing
+        for name, fn in methods:
+            _evaluate(name, fn, test, gains, results, timing, outputs, log)
+        if len(methods) == 2:
+            a, b = (outputs[m[0]] for m in methods)
+            diff = max(float(np.abs(x - y).max()) for g in gains for x, y in zip(a[g], b[g]))
+            pd = max(abs(results[methods[0][0]][_gain_name(g)]["psnr"] - results[methods[1][0]][_gain_name(g)]["psnr"])
+                     for g in gains)
+            parity.append({"model": spec.name, "max_abs_diff": diff, "max_psnr_diff_db": pd})
+    if not specs:
+        unavailable.append({"method": "models", "reason": f"none given ({models_note}); pass --models CKPT.pt or MODEL.onnx"})
+
+    result = {
+        "machine": machine_info(threads),
+        "config": {"command": command, "images": images, "gains": gains, "crop": crop, "test_crops": test_crops,
+                   "tune_crops": tune_crops, "frames": frames, "threads": threads, "seed": seed,
+                   "tuning_seed": seed + 1, "runtime_backend": runtime_backend, "models_from": models_note},
+        "source": source,
+        "models": [s.describe() for s in specs],
+        "results": results,
+        "time_per_mp": timing,
+        "tuning": tuning,
+        "model_parity": parity,
+        "unavailable": unavailable,
+        "paper_table1": {k: {f"gain{i + 1}": {"psnr": p, "ssim": s} for i, (p, s) in enumerate(v)}
+                         for k, v in PAPER_TABLE1.items()},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "quality.json", result)
+    write_text(out / "quality.md", markdown(result))
+    show = 3 if 3 in gains else gains[-1]
+    crops_figure(outputs, test, show, 0, results, out / "quality_crops.png")
+    return result
