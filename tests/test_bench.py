@@ -1,0 +1,169 @@
+"""kpn-bench: the latency and quality commands on tiny real configurations (no mocks), and the helpers.
+
+Speed itself is not asserted (that belongs in the reports); the tests check that every figure is
+consistent with its definition and that the files are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+from typer.testing import CliRunner  # noqa: E402
+
+from benchmarks.cli import app  # noqa: E402
+from benchmarks.common import arrange_burst, summarize  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def kpn_ckpt(tmp_path_factory) -> Path:
+    """A freshly initialised small KPN checkpoint with its ONNX export beside it (reused by kpn-bench)."""
+    from export.onnx_export import export_onnx
+    from train.checkpoint import save_checkpoint
+    from train.models import build_model, default_config
+
+    d = tmp_path_factory.mktemp("bench-model")
+    torch.manual_seed(0)
+    cfg = default_config("kpn", "small")
+    ckpt = d / "kpn.pt"
+    save_checkpoint(ckpt, build_model(cfg), cfg)
+    export_onnx(ckpt, d / "kpn.onnx")
+    return ckpt
+
+
+def _invoke(args: list[str]):
+    result = CliRunner().invoke(app, args)
+    return result
+
+
+def _tensorrt_importable() -> bool:
+    try:
+        from export import trt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_summarize_definitions():
+    times = [0.010, 0.030, 0.020, 0.050, 0.040]
+    s = summarize(times, pixels=512 * 512)
+    assert s["median_ms"] == pytest.approx(30.0)
+    assert s["p90_ms"] == pytest.approx(1e3 * float(np.percentile(times, 90)))
+    assert s["min_ms"] == pytest.approx(10.0)
+    assert s["mp_per_s"] == pytest.approx(512 * 512 / 1e6 / 0.030)
+    assert s["ns_per_pixel"] == pytest.approx(0.030 * 1e9 / (512 * 512))
+    assert s["median_ms"] <= s["p90_ms"]
+
+
+def test_arrange_burst_puts_reference_at_index():
+    burst = np.arange(8)[:, None, None] * np.ones((8, 2, 2))
+    st = arrange_burst(burst, 5, 2)  # ST-PAN: 5 frames, reference in the middle
+    assert st[:, 0, 0].tolist() == [1, 2, 0, 3, 4]
+    assert arrange_burst(burst, 1, 0)[:, 0, 0].tolist() == [0]
+    assert arrange_burst(burst, 8, 0)[:, 0, 0].tolist() == list(range(8))
+
+
+def test_psnr_helper_matches_formula():
+    from benchmarks.quality import psnr
+    from train.metrics import srgb_to_linear
+
+    rng = np.random.default_rng(0)
+    clean_g = rng.uniform(0.1, 0.8, (32, 32))
+    # an error of exactly 0.01 in gamma space everywhere: PSNR = 10 log10(1 / 0.01^2) = 40 dB
+    assert psnr(srgb_to_linear(clean_g + 0.01), srgb_to_linear(clean_g)) == pytest.approx(40.0, abs=1e-6)
+    noisy_g = np.clip(clean_g + rng.normal(0, 0.05, clean_g.shape), 0, 1)
+    mse = np.mean((noisy_g - clean_g) ** 2)
+    assert psnr(srgb_to_linear(noisy_g), srgb_to_linear(clean_g)) == pytest.approx(10 * math.log10(1 / mse), abs=1e-6)
+
+
+def test_latency_command(kpn_ckpt, tmp_path):
+    out = tmp_path / "lat"
+    backends = ["torch", "ort-cpu", "trt-fp32", "trt-fp16"]
+    r = _invoke(["latency", "--models", str(kpn_ckpt), "--backends", ",".join(backends), "--sizes", "32,64",
+                 "--repeat", "3", "--warmup", "1", "--threads", "2", "--op-sizes", "16", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "latency.json").read_text())
+    assert {"machine", "config", "models", "unavailable", "scaling", "ops", "model_info"} <= set(data)
+    assert data["machine"]["cpu_count"] >= 1 and "onnxruntime" in data["machine"]["versions"]
+    rows = data["models"]
+    assert {(row["backend"], row["size"]) for row in rows} >= {("torch", 32), ("torch", 64), ("ort-cpu", 32), ("ort-cpu", 64)}
+    for row in rows:
+        assert row["runs"] == 3
+        assert 0 < row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert row["mp_per_s"] == pytest.approx(row["pixels"] / 1e6 / (row["median_ms"] / 1e3), rel=1e-9)
+        assert row["pixels"] == row["size"] ** 2
+        assert row["peak_rss_mb"] > 50  # the interpreter with torch and onnxruntime loaded
+    # every requested backend is either measured or listed with its reason
+    for b in backends:
+        measured = any(row["backend"] == b for row in rows)
+        listed = [u for u in data["unavailable"] if u["backend"] == b]
+        assert measured or (listed and all(u["reason"] for u in listed)), b
+    if not _tensorrt_importable():
+        assert {u["backend"] for u in data["unavailable"]} >= {"trt-fp32", "trt-fp16"}
+    assert {row["op"] for row in data["ops"]} == {"AdaptiveConv", "TrilinearSample"}
+    assert all(row["max_abs_diff"] < 1e-4 for row in data["ops"])
+    md = (out / "latency.md").read_text()
+    assert "| model | backend | size | median ms | p90 ms | MP/s |" in md
+    assert "not available:" in md and "speed-up vs torch" in md
+    png = (out / "latency.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 5000
+
+
+def test_latency_rejects_unknown_backend(kpn_ckpt, tmp_path):
+    r = _invoke(["latency", "--models", str(kpn_ckpt), "--backends", "torch,tensorflow", "--sizes", "32",
+                 "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0
+    assert "unknown tensorflow" in r.output
+    assert not (tmp_path / "x" / "latency.json").exists()
+
+
+def test_missing_model_is_one_line_error(tmp_path):
+    r = _invoke(["quality", "--models", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "q")])
+    assert r.exit_code != 0
+    assert "nope.pt: no such file" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_quality_command(kpn_ckpt, tmp_path):
+    out = tmp_path / "q"
+    r = _invoke(["quality", "--models", str(kpn_ckpt), "--gains", "1,4", "--crop", "32", "--test-crops", "2",
+                 "--tune-crops", "1", "--threads", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "quality.json").read_text())
+    res = data["results"]
+    names = {"Noisy reference", "Burst mean", "OpenCV NLM multi-frame", "BM3D (reference frame)",
+             "kpn (PyTorch)", "kpn (runtime ort-cpu)"}
+    assert set(res) == names
+    for name in names:
+        for g in ("gain1", "gain4"):
+            assert len(res[name][g]["psnr_per_burst"]) == 2
+            assert res[name][g]["psnr"] == pytest.approx(np.mean(res[name][g]["psnr_per_burst"]))
+            assert -1 <= res[name][g]["ssim"] <= 1
+        assert data["time_per_mp"][name]["seconds_per_mp"] > 0
+    # Noise of variance v per frame; the mean of 8 frames has v/8 but is blurred by the misalignment.
+    # At gain 4 the noise dominates and the mean wins; at gain 1 (little noise) misalignment dominates.
+    assert res["Burst mean"]["gain4"]["psnr"] > res["Noisy reference"]["gain4"]["psnr"] + 2
+    assert res["Burst mean"]["gain1"]["psnr"] < res["Noisy reference"]["gain1"]["psnr"]
+    # the classical baselines, tuned on other images, still improve on the noisy frame at low noise
+    assert res["BM3D (reference frame)"]["gain1"]["psnr"] > res["Noisy reference"]["gain1"]["psnr"]
+    # tuning recorded: the chosen parameters are the best of the grid
+    for method in ("OpenCV NLM multi-frame", "BM3D (reference frame)"):
+        for g, t in data["tuning"][method].items():
+            assert t["psnr"] == max(s["psnr"] for s in t["grid"])
+            assert t["params"] in [s["params"] for s in t["grid"]]
+    assert set(data["source"]["test_images"]).isdisjoint(data["source"]["tuning_images"])
+    # export loses nothing visible
+    (parity,) = data["model_parity"]
+    assert parity["max_abs_diff"] < 1e-4 and parity["max_psnr_diff_db"] < 0.01
+    md = (out / "quality.md").read_text()
+    assert "| method | gain 1 PSNR | gain 1 SSIM | gain 4 PSNR | gain 4 SSIM | s/MP |" in md
+    assert "AME-KPN, 5x5 | 39.92 | 0.9776" in md
+    assert (out / "quality_crops.png").read_bytes().startswith(PNG_MAGIC)
