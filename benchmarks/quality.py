@@ -330,7 +330,7 @@ def crops_figure(outputs: dict, test: dict, gain: int, index: int, results: dict
     panels.append(("Clean", clean[index, 0]))
     cols = min(len(panels), 5)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.7 * rows), squeeze=False)
     for ax, (name, img) in zip(axes.flat, panels):
         ax.imshow(_srgb(np.asarray(img, np.float64)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         if name == "Clean":
