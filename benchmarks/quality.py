@@ -12,7 +12,7 @@ Methods, all scored by `train.metrics.psnr_gamma` / `ssim_gamma` against the cle
 - OpenCV `fastNlMeansDenoisingMulti` on the 8-bit sRGB-encoded frames (reference in the middle of
   a temporal window of `tws` frames) and BM3D (`bm3d` package) on the sRGB-encoded reference frame.
   Both get their filter strength as a multiple of the noise standard deviation in gamma space
-  estimated from the noise map (the same information the models receive); the multiple (and NLM's
+  (median over pixels) estimated from the noise map (the same information the models receive); the multiple (and NLM's
   temporal window) is chosen per gain by grid search on TUNING bursts drawn from the training split
   (disjoint from the test images), and the grid with every score is recorded in quality.json;
 - each model in PyTorch (checkpoint) and through the runtime (the exported ONNX model run by
@@ -53,7 +53,7 @@ PAPER_TABLE1: dict[str, list[tuple[float, float]]] = {
 
 NLM_STRENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 NLM_WINDOWS = (3, 5, 7)
-BM3D_STRENGTHS = (0.75, 1.0, 1.25, 1.5)
+BM3D_STRENGTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
 NOISY, MEAN, NLM, BM3D = "Noisy reference", "Burst mean", "OpenCV NLM multi-frame", "BM3D (reference frame)"
 
 
@@ -86,13 +86,15 @@ def _linear(g: np.ndarray) -> np.ndarray:
 
 
 def gamma_sigma(reference: np.ndarray, noise_map: np.ndarray) -> float:
-    """RMS noise standard deviation after the sRGB gamma: the linear noise map times the slope of the
-    gamma at the (5x5 box-smoothed) noisy reference, first-order propagation."""
+    """Typical noise standard deviation after the sRGB gamma: the median over pixels of the linear
+    noise map times the slope of the gamma at the (5x5 box-smoothed) noisy reference (first-order
+    propagation). The median, not the RMS: the gamma's steep slope in dark pixels would otherwise
+    dominate, and the best filter strength then varied far more between images."""
     from scipy.ndimage import uniform_filter
 
     y = np.maximum(uniform_filter(np.asarray(reference, np.float64), 5, mode="reflect"), 0.0)
     slope = np.where(y <= 0.0031308, 12.92, (1.055 / 2.4) * np.maximum(y, 0.0031308) ** (1 / 2.4 - 1))
-    return float(np.sqrt(np.mean((slope * np.asarray(noise_map, np.float64).squeeze()) ** 2)))
+    return float(np.median(slope * np.asarray(noise_map, np.float64).squeeze()))
 
 
 def nlm_denoise(burst: np.ndarray, noise_map: np.ndarray, strength: float, window: int) -> np.ndarray:
