@@ -37,6 +37,16 @@ def test_kpn_with_identity_kernels_averages_the_frames():
     torch.testing.assert_close(out, burst.mean(dim=1, keepdim=True))
 
 
+def test_fresh_kpn_starts_as_the_burst_mean():
+    """The kernel head is initialised to identity kernels (not left to default init)."""
+    torch.manual_seed(3)
+    cfg = default_config("kpn")
+    model = build_model(cfg).eval()
+    burst = torch.rand(1, cfg.frames, 16, 16)
+    out = model(burst, torch.zeros(1, 1, 16, 16))
+    torch.testing.assert_close(out, burst.mean(dim=1, keepdim=True))
+
+
 @pytest.mark.parametrize("weight_bias,expect", [(30.0, "filtered"), (-30.0, "residual")])
 def test_ame_kpn_blends_kernels_and_residuals_by_eq4(weight_bias, expect):
     cfg = default_config("ame-kpn")

@@ -69,6 +69,11 @@ BUILTIN_IMAGES: dict[str, str] = {
 }
 
 
+# The builtin source's validation images: fixed by name (a portrait, an object, a texture), so that the
+# validation set is varied and the example burst (examples/burst, from astronaut) is never trained on.
+BUILTIN_VALIDATION: tuple[str, ...] = ("astronaut", "coins", "brick")
+
+
 class DataError(Exception):
     """Bad training data; the message is one line naming the file or folder and the problem."""
 
@@ -301,10 +306,12 @@ def split_names(names: list[str], val_fraction: float = 0.2, seed: int = 0) -> t
 
 
 def load_source(data: str, val_fraction: float = 0.2, split_seed: int = 0) -> tuple[list[SourceImage], list[SourceImage]]:
-    """'builtin' or a folder -> (train images, validation images), disjoint and deterministic."""
+    """'builtin' or a folder -> (train images, validation images), disjoint and deterministic.
+    The builtin split is BUILTIN_VALIDATION; a folder is split by `split_names` (val_fraction, split_seed)."""
     if data == "builtin":
         images = builtin_images()
-        names = [im.name for im in images]
+        val_names = {f"builtin:{n}" for n in BUILTIN_VALIDATION}
+        return [im for im in images if im.name not in val_names], [im for im in images if im.name in val_names]
     else:
         files = list_images(data)
         images = [load_image(f) for f in files]

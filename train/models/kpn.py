@@ -28,6 +28,18 @@ class KernelPredictionNet(nn.Module):
             self.weight_head = nn.Conv2d(f, n, 3, padding=1)  # M_w
         else:
             self.kernel_head = nn.Conv2d(f, n * k * k, 3, padding=1)
+        self._init_identity_kernels()
+
+    def _init_identity_kernels(self) -> None:
+        """Start every predicted kernel as the identity (zero weights, centre-tap bias 1), so that the
+        untrained net outputs the burst mean: with default init the kernels' sums are far from 1 and the
+        first losses are ~1000x the noise level, which costs thousands of steps on a CPU."""
+        n, k2 = self.cfg.frames, self.cfg.kernel_size**2
+        head = self.kernel_residual_head if self.cfg.attention else self.kernel_head
+        with torch.no_grad():
+            head.weight[: n * k2].zero_()
+            head.bias[: n * k2].zero_()
+            head.bias[: n * k2].view(n, k2)[:, k2 // 2] = 1.0
 
     def forward_train(self, burst: Tensor, noise_map: Tensor) -> tuple[Tensor, Tensor]:
         """-> (denoised [B,1,H,W], per-frame estimates Y_i [B,N,H,W])."""
