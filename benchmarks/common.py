@@ -300,31 +300,14 @@ def _spec_from_checkpoint(path: Path, name: Optional[str] = None) -> ModelSpec:
 
 
 def _manifest_specs() -> list[ModelSpec]:
-    """Shipped models listed in models/MANIFEST.json (checkpoint and/or ONNX per entry)."""
+    """Shipped models listed in models/MANIFEST.json (`python -m train.release`): each entry's
+    checkpoint (its ONNX export, beside it, is reused by _spec_from_checkpoint)."""
     manifest = MODELS_DIR / "MANIFEST.json"
     if not manifest.is_file():
         return []
-    data = json.loads(manifest.read_text())
-    entries = data.get("models", data) if isinstance(data, dict) else data
-    if isinstance(entries, dict):
-        entries = [dict(v, name=k) if isinstance(v, dict) else {"name": k, "path": v} for k, v in entries.items()]
-    specs = []
-    for e in entries:
-        if not isinstance(e, dict):
-            continue
-        paths = [e.get(k) for k in ("checkpoint", "ckpt", "pt", "onnx", "path", "file") if isinstance(e.get(k), str)]
-        ckpt = next((MODELS_DIR / p for p in paths if p.endswith(".pt")), None)
-        onnx_path = next((MODELS_DIR / p for p in paths if p.endswith(".onnx") and "fp16" not in p), None)
-        if ckpt and ckpt.is_file():
-            spec = _spec_from_checkpoint(ckpt, e.get("name"))
-            if onnx_path and onnx_path.is_file() and spec.onnx is None:
-                meta = _onnx_meta(onnx_path)
-                if meta.get("kpn.checkpoint_sha256") == sha256_file(ckpt):
-                    spec.onnx = onnx_path
-            specs.append(spec)
-        elif onnx_path and onnx_path.is_file():
-            specs.append(_spec_from_onnx(onnx_path, e.get("name")))
-    return specs
+    entries = json.loads(manifest.read_text())["models"]
+    return [_spec_from_checkpoint(MODELS_DIR / e["checkpoint"], e["name"]) for e in entries
+            if (MODELS_DIR / e["checkpoint"]).is_file()]
 
 
 def random_model(family: str, workdir: Path, width: str = "small", seed: int = 0) -> ModelSpec:

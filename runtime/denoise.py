@@ -300,7 +300,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     burst_dir: Path = typer.Argument(..., help="folder of frames (PNG 8/16-bit, TIFF uint8/uint16/float32, JPEG)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="output file (default: BURST_DIR-denoised.png, .tif for TIFF input); a folder with --video"),
-    model: Optional[Path] = typer.Option(None, "--model", help="model .onnx or TensorRT .engine (default: models/default.onnx)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model .onnx or TensorRT .engine (default: the default model of models/MANIFEST.json)"),
     backend: str = typer.Option("auto", "--backend", help="auto | trt | ort-cuda | ort-cpu"),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="sigma_r, linear units (estimated when absent)"),
     shot_noise: Optional[float] = typer.Option(None, "--shot-noise", help="sigma_s, linear units (estimated when absent)"),

@@ -14,7 +14,9 @@ from pathlib import Path
 from .errors import UserError, first_line
 
 REQUIRED_KEYS = ("kpn.family", "kpn.frames", "kpn.reference_index", "kpn.size_multiple", "kpn.receptive_radius")
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
+# Shipped models and their manifest (written by `python -m train.release`); its "default" entry names
+# the model the runtime uses when no --model is given.
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 @dataclass
@@ -59,14 +61,28 @@ class ModelInfo:
         return info
 
 
+def default_model() -> Path:
+    """The ONNX file of models/MANIFEST.json's default entry."""
+    manifest = MODELS_DIR / "MANIFEST.json"
+    try:
+        data = json.loads(manifest.read_text())
+        entry = next(m for m in data["models"] if m["name"] == data["default"])
+        path = MODELS_DIR / entry["onnx"]
+    except FileNotFoundError:
+        raise UserError(
+            f"{manifest}: the default model is not installed; pass --model MODEL.onnx "
+            "(export one with kpn-export onnx CHECKPOINT)"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise UserError(f"{manifest}: unreadable model manifest ({first_line(exc) or type(exc).__name__}); pass --model MODEL.onnx") from None
+    if not path.is_file():
+        raise UserError(f"{path}: the default model named in {manifest.name} is not installed; pass --model MODEL.onnx")
+    return path
+
+
 def resolve_model(model: Path | None) -> Path:
     if model is None:
-        if not DEFAULT_MODEL.is_file():
-            raise UserError(
-                f"{DEFAULT_MODEL}: the default model is not installed; pass --model MODEL.onnx "
-                "(export one with kpn-export onnx CHECKPOINT)"
-            )
-        return DEFAULT_MODEL
+        return default_model()
     if not model.exists():
         raise UserError(f"{model}: no such model file")
     if model.is_dir():

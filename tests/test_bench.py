@@ -148,9 +148,11 @@ def test_quality_command(kpn_ckpt, tmp_path):
             assert res[name][g]["psnr"] == pytest.approx(np.mean(res[name][g]["psnr_per_burst"]))
             assert -1 <= res[name][g]["ssim"] <= 1
         assert data["time_per_mp"][name]["seconds_per_mp"] > 0
-    # Noise of variance v per frame; the mean of 8 frames has v/8 but is blurred by the misalignment.
-    # At gain 4 the noise dominates and the mean wins; at gain 1 (little noise) misalignment dominates.
-    assert res["Burst mean"]["gain4"]["psnr"] > res["Noisy reference"]["gain4"]["psnr"] + 2
+    # Noise of variance v per frame; the mean of 8 frames has v/8 but is blurred by the misalignment,
+    # an error that does not grow with the gain: so from gain 1 to gain 4 the mean loses far less PSNR
+    # than the noisy frame, and at gain 1 (little noise) the misalignment makes it worse than the frame.
+    drop = {m: res[m]["gain1"]["psnr"] - res[m]["gain4"]["psnr"] for m in ("Burst mean", "Noisy reference")}
+    assert drop["Burst mean"] < drop["Noisy reference"] - 5
     assert res["Burst mean"]["gain1"]["psnr"] < res["Noisy reference"]["gain1"]["psnr"]
     # the classical baselines, tuned on other images, still improve on the noisy frame at low noise
     assert res["BM3D (reference frame)"]["gain1"]["psnr"] > res["Noisy reference"]["gain1"]["psnr"]

@@ -250,6 +250,23 @@ def test_default_model_missing_is_one_line(tmp_path, monkeypatch):
     import runtime.model as rm
 
     write_burst(tmp_path / "b", noisy_frames(8, 32, 32))
-    monkeypatch.setattr(rm, "DEFAULT_MODEL", tmp_path / "models" / "default.onnx")
+    monkeypatch.setattr(rm, "MODELS_DIR", tmp_path / "models")
     code, out = _cli(tmp_path / "b")
     assert code == 2 and "default model is not installed" in out and "--model" in out
+
+
+def test_default_model_comes_from_the_manifest(tmp_path, monkeypatch):
+    import runtime.model as rm
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "MANIFEST.json").write_text(json.dumps({"default": "b", "models": [
+        {"name": "a", "onnx": "a.onnx"}, {"name": "b", "onnx": "b.onnx"}]}))
+    monkeypatch.setattr(rm, "MODELS_DIR", models)
+    with pytest.raises(rm.UserError, match="b.onnx: the default model named in MANIFEST.json is not installed"):
+        rm.resolve_model(None)
+    (models / "b.onnx").write_bytes(b"x")
+    assert rm.resolve_model(None) == models / "b.onnx"
+    (models / "MANIFEST.json").write_text("{")
+    with pytest.raises(rm.UserError, match="unreadable model manifest"):
+        rm.resolve_model(None)
