@@ -48,12 +48,15 @@ def test_resume_equals_uninterrupted_run(tmp_path, family):
     train(TrainArgs(iters=3, out=str(part), **common))
     _, c3 = load_checkpoint(part)
     assert c3["step"] == 3
+    wall3 = c3["metrics"]["wall_seconds"]
+    assert wall3 > 0
     # resume with other (run-defining) options given: the checkpoint's win
     b = train(TrainArgs(model=family, iters=6, out=str(part), resume=str(part), crop=64, seed=99, quiet=True, val_every=100))
     assert b["losses"] == a["losses"][3:]
     _, ca = load_checkpoint(full)
     _, cb = load_checkpoint(part)
     assert cb["step"] == 6
+    assert cb["metrics"]["wall_seconds"] > wall3  # training time adds up over resumed runs
     for k, v in ca["model"].items():
         assert torch.equal(v, cb["model"][k]), k
     assert ca["scheduler"] == cb["scheduler"]

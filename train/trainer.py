@@ -235,7 +235,10 @@ def train(args: TrainArgs, console=None) -> dict:
             forward = DistributedDataParallel(forward, device_ids=[local_rank] if device.type == "cuda" else None)
         train_args = args.to_dict() | {"world_size": world, "loss": loss_fn.to_dict()}
 
+        wall0, wall_start = float(metrics.get("wall_seconds", 0.0)), time.perf_counter()
+
         def checkpoint(step: int) -> None:
+            metrics["wall_seconds"] = wall0 + time.perf_counter() - wall_start  # summed over resumed runs
             if rank == 0:
                 save_checkpoint(args.out, net, cfg, optimizer, scheduler, step=step, metrics=metrics, train_args=train_args)
             if distributed:
