@@ -3,6 +3,8 @@
     kpn-export onnx CKPT [-o MODEL.onnx] [--opset 20] [--fp16] [--height H --width W]
     kpn-export inspect MODEL.onnx [--json]
     kpn-export trt MODEL.onnx [--fp16] [-o MODEL.engine] [--plugins LIB] [--min-shape ...] ...
+    kpn-export triton MODEL.(onnx|engine) --repo DIR [--name NAME] [--max-batch-size B] [--instances N]
+                      [--kind gpu|cpu] [--dynamic-batching] [--plugins LIB]
 
 Errors a user can cause end in one line on stderr naming the file and the problem, exit status 2,
 and nothing written.
@@ -128,6 +130,45 @@ def trt_cmd(
     except error_types as exc:
         _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     typer.echo(f"wrote {path}")
+
+
+@app.command("triton")
+def triton_cmd(
+    model: Path = typer.Argument(..., help="ONNX model (.onnx) or TensorRT engine (.engine/.plan, with its .json sidecar)"),
+    repo: Path = typer.Option(..., "--repo", help="Triton model repository folder (created if absent)"),
+    name: Optional[str] = typer.Option(None, "--name", help="model name in the repository [default: MODEL's file stem]"),
+    max_batch_size: Optional[int] = typer.Option(
+        None, "--max-batch-size", help="Triton max_batch_size; 0: no batching [default: 8 for ONNX, the engine profile's max batch]"
+    ),
+    instances: int = typer.Option(1, "--instances", help="model instances (instance_group count)"),
+    kind: str = typer.Option("gpu", "--kind", help="gpu | cpu (instance_group kind; engines: gpu only)"),
+    dynamic_batching: bool = typer.Option(False, "--dynamic-batching", help="let Triton batch requests together"),
+    plugins: Optional[Path] = typer.Option(
+        None, "--plugins", help="engines: plugin library libkpn_plugins.so [default: $KPN_PLUGINS, beside the engine, plugins/build/]"
+    ),
+    json_out: bool = typer.Option(False, "--json", help="print the written paths and config as JSON"),
+) -> None:
+    """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx|model.plan for Triton Inference Server."""
+    from dataclasses import asdict
+
+    from export.triton import write_repository
+
+    try:
+        result = write_repository(
+            model, repo, name=name, max_batch_size=max_batch_size, instances=instances, kind=kind,
+            dynamic_batching=dynamic_batching, plugins=plugins,
+        )
+    except ExportError as exc:
+        _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if json_out:
+        report = {
+            "model_dir": str(result.model_dir), "config": str(result.config_path), "model": str(result.model_path),
+            "plugin_library": str(result.plugin_path) if result.plugin_path else None,
+            "config_text_by": result.text_by, "model_config": asdict(result.config),
+        }
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(result.summary())
 
 
 def main() -> None:
