@@ -1,0 +1,69 @@
+"""python -m train.release: shipped files, their hashes, the manifest, the runtime's default model."""
+
+import hashlib
+import json
+import shlex
+
+import pytest
+
+from train.release import release, train_command
+from train.trainer import TrainArgs, train
+
+TINY = dict(crop=16, val_crop=16, val_per_image=1, batch_size=2, quiet=True, iters=2, val_every=2)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    train(TrainArgs(model="kpn", out=str(d / "a.pt"), seed=1, **TINY))
+    train(TrainArgs(model="pan", out=str(d / "b.pt"), seed=1, **TINY))
+    return d / "a.pt", d / "b.pt"
+
+
+def test_release_writes_models_and_manifest(two_runs, tmp_path, monkeypatch):
+    out = tmp_path / "models"
+    manifest = release(list(two_runs), out, log=lambda *_: None)
+    assert json.loads((out / "MANIFEST.json").read_text()) == manifest
+    names = {e["name"]: e for e in manifest["models"]}
+    assert set(names) == {"kpn-small", "pan-small"}
+    for e in names.values():
+        for key in ("checkpoint", "onnx", "onnx_fp16"):
+            data = (out / e[key]).read_bytes()
+            assert e["sha256"][e[key]] == hashlib.sha256(data).hexdigest()
+        assert e["training"]["steps"] == 2 and e["training"]["wall_seconds"] is not None
+        gains = [g for g in e["validation"] if g.startswith("gain")]
+        assert gains == ["gain1", "gain2", "gain3", "gain4"]
+        assert e["validation"]["mean_psnr"] == pytest.approx(sum(e["validation"][g]["psnr"] for g in gains) / 4, abs=1e-3)
+    # the default is the best mean validation PSNR
+    best = max(names.values(), key=lambda e: e["validation"]["mean_psnr"])
+    assert manifest["default"] == best["name"]
+    # the shipped checkpoint is byte-identical to the run's, so --resume continues it exactly
+    src = dict(zip(("kpn-small", "pan-small"), two_runs))
+    for name, path in src.items():
+        assert (out / names[name]["checkpoint"]).read_bytes() == path.read_bytes()
+
+    import runtime.model as rm
+
+    monkeypatch.setattr(rm, "MODELS_DIR", out)
+    assert rm.resolve_model(None) == out / best["onnx"]
+    info = rm.onnx_info(out / best["onnx"])
+    assert info.family == best["family"]
+
+
+def test_release_keeps_earlier_models_and_honours_default(two_runs, tmp_path):
+    out = tmp_path / "models"
+    release([two_runs[0]], out, log=lambda *_: None)
+    manifest = release([two_runs[1]], out, default="kpn-small", log=lambda *_: None)
+    assert [e["name"] for e in manifest["models"]] == ["kpn-small", "pan-small"]
+    assert manifest["default"] == "kpn-small"
+    with pytest.raises(ValueError, match="--default nope"):
+        release([], out, default="nope", log=lambda *_: None)
+
+
+def test_train_command_round_trips_the_options():
+    args = TrainArgs(model="st-pan", iters=3500, crop=64, batch_size=8, lr=3e-4, out="x.pt").to_dict()
+    cmd = shlex.split(train_command(args, "models/st-pan-small.pt"))
+    opts = dict(zip(cmd[1::2], cmd[2::2]))
+    assert cmd[0] == "kpn-train"
+    assert opts["--model"] == "st-pan" and opts["--iters"] == "3500" and opts["--crop"] == "64"
+    assert opts["--batch-size"] == "8" and float(opts["--lr"]) == 3e-4 and opts["--out"] == "models/st-pan-small.pt"

@@ -1,0 +1,190 @@
+"""Ship trained checkpoints: `python -m train.release CKPT... [--out models]`.
+
+For each checkpoint (a `kpn-train` output) it writes into OUT:
+  NAME.pt         the checkpoint itself (with optimizer state, so `kpn-train --resume` continues it)
+  NAME.onnx       `kpn-export onnx` of it (fp32, dynamic shapes, verified in ONNX Runtime)
+  NAME.fp16.onnx  the fp16 export (for TensorRT FP16 engines)
+and OUT/MANIFEST.json: per model its files' sha256, config, training (command line, steps, wall time,
+machine, data) and validation PSNR/SSIM at AME-KPN Table 1's four gains, plus the runtime's default
+model: the best mean validation PSNR over the four gains. NAME is `<family>-<width>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .data import BUILTIN_IMAGES, BUILTIN_VALIDATION, VALIDATION_GAINS
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+
+# Options of `kpn-train` that define a run (TrainArgs field -> flag), in the order a user writes them.
+_TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), ("iters", "--iters"),
+                ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
+                ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"),
+                ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train_command(train_args: dict, out: str) -> str:
+    """The `kpn-train` command line that reproduces a run (torchrun/DDP runs: per-process batch)."""
+    parts = ["kpn-train"]
+    for field, flag in _TRAIN_FLAGS:
+        value = train_args.get(field)
+        if value is not None:
+            parts += [flag, str(value)]
+    return " ".join(parts + ["--out", out])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
+    """Copy, export and describe one checkpoint; returns its manifest entry."""
+    from export.onnx_export import export_onnx
+
+    from .checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = ckpt["config"]
+    name = f"{cfg['family']}-{cfg['width']}"
+    shipped = out_dir / f"{name}.pt"
+    if ckpt_path.resolve() != shipped.resolve():
+        tmp = shipped.with_name(f".{shipped.name}.tmp")
+        shutil.copyfile(ckpt_path, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, shipped)
+    files = {"checkpoint": shipped, "onnx": out_dir / f"{name}.onnx", "onnx_fp16": out_dir / f"{name}.fp16.onnx"}
+    for key, fp16 in (("onnx", False), ("onnx_fp16", True)):
+        report = export_onnx(shipped, files[key], fp16=fp16)
+        log(f"{files[key]}: {report.file_size / 1e6:.2f} MB, max |ONNX Runtime - PyTorch| = {report.max_abs_diff:.2e}")
+    metrics = ckpt.get("metrics") or {}
+    train_args = ckpt.get("train_args") or {}
+    val = metrics.get("val") or {}
+    validation = {g: {"psnr": round(v["psnr"], 3), "ssim": round(v["ssim"], 4), "psnr_noisy": round(v["psnr_noisy"], 3),
+                      "sigma_r": v["sigma_r"], "sigma_s": v["sigma_s"]} for g, v in val.items()}
+    if validation:
+        validation["mean_psnr"] = round(sum(v["psnr"] for v in val.values()) / len(val), 3)
+    data = train_args.get("data", "builtin")
+    return {
+        "name": name,
+        "family": cfg["family"],
+        "width": cfg["width"],
+        **{key: path.name for key, path in files.items()},
+        "sha256": {path.name: sha256_file(path) for path in files.values()},
+        "config": cfg,
+        "training": {
+            "command": train_command(train_args, f"models/{name}.pt"),
+            "resume": f"kpn-train --resume models/{name}.pt --iters MORE --out models/{name}.pt",
+            "steps": int(ckpt.get("step", 0)),
+            "batch_size": train_args.get("batch_size"),
+            "crop": train_args.get("crop"),
+            "world_size": train_args.get("world_size", 1),
+            "wall_seconds": round(float(metrics["wall_seconds"])) if "wall_seconds" in metrics else None,
+            "machine": machine(),
+            "data": ("builtin: scikit-image's bundled photographs "
+                     f"(training: {sorted(set(BUILTIN_IMAGES) - set(BUILTIN_VALIDATION))}; "
+                     f"validation: {list(BUILTIN_VALIDATION)})") if data == "builtin" else data,
+        },
+        "validation": {
+            "at_step": metrics.get("val_step"),
+            "bursts": f"{train_args.get('val_per_image')} crops of {train_args.get('val_crop')}x{train_args.get('val_crop')} "
+                      f"per validation image, per gain (train.data.validation_set)",
+            **validation,
+        },
+    }
+
+
+def choose_default(entries: list[dict]) -> tuple[str, str]:
+    """The best mean validation PSNR over the four Table 1 gains: users meet all of them (gain 1-2 in
+    daylight and indoors, 3-4 at night), and no single gain stands for them."""
+    scored = [e for e in entries if "mean_psnr" in e["validation"]]
+    if not scored:
+        raise ValueError("no checkpoint has validation results; train with kpn-train (it validates)")
+    best = max(scored, key=lambda e: e["validation"]["mean_psnr"])
+    others = ", ".join(f"{e['name']} {e['validation']['mean_psnr']:.2f} dB" for e in scored if e is not best)
+    why = (f"best mean validation PSNR over AME-KPN Table 1's four gains ({best['validation']['mean_psnr']:.2f} dB"
+           + (f"; {others}" if others else "") + "): users meet every gain from daylight to night, so no single gain decides")
+    return best["name"], why
+
+
+def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = None, log=print) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "MANIFEST.json"
+    entries = {}
+    if manifest_path.is_file():  # keep models released earlier and not given again
+        entries = {e["name"]: e for e in json.loads(manifest_path.read_text())["models"]}
+    for ckpt in checkpoints:
+        entry = release_one(ckpt, out_dir, log)
+        entries[entry["name"]] = entry
+    models = sorted(entries.values(), key=lambda e: e["name"])
+    if default is None:
+        default, why = choose_default(models)
+    else:
+        if default not in entries:
+            raise ValueError(f"--default {default}: not among {sorted(entries)}")
+        why = "chosen by hand (--default)"
+    manifest = {
+        "default": default,
+        "default_reason": why,
+        "validation_gains": {g: {"sigma_r": sr, "sigma_s": ss} for g, (sr, ss) in VALIDATION_GAINS.items()},
+        "image_licences": {f"skimage.data.{k}": v for k, v in BUILTIN_IMAGES.items()},
+        "made_by": "python -m train.release " + " ".join(f"models/{e['checkpoint']}" for e in models),
+        "models": models,
+    }
+    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    log(f"wrote {manifest_path} (default: {default})")
+    return manifest
+
+
+@app.command()
+def main(
+    checkpoints: list[Path] = typer.Argument(..., help="kpn-train checkpoints to ship"),
+    out: Path = typer.Option(Path("models"), "--out", help="folder of shipped models"),
+    default: Optional[str] = typer.Option(None, "--default", help="name of the runtime's default model (default: best mean validation PSNR)"),
+) -> None:
+    from export.errors import ExportError
+
+    from .checkpoint import CheckpointError
+
+    try:
+        release(checkpoints, out, default)
+    except (CheckpointError, ExportError, ValueError, OSError) as exc:
+        typer.echo(f"train.release: error: {str(exc).strip().splitlines()[0]}", err=True)
+        raise typer.Exit(2)
+
+
+if __name__ == "__main__":
+    app()
