@@ -325,3 +325,29 @@ def test_api_raises_export_error(tmp_path):
         ktriton.write_repository(tmp_path / "m.pb", tmp_path / "repo")
     assert ktriton.default_name(Path("/x/My Model (v2).fp16.onnx")) == "My_Model__v2_.fp16"
     assert ktriton.default_name(Path(".hidden.onnx")) == "hidden"
+
+
+@pytest.mark.slow
+@needs_pb2
+def test_real_exported_model(tmp_path):
+    """A model from `kpn-export onnx` (kpn custom nodes + function bodies, full metadata), from a small
+    random checkpoint made as tests/test_export_onnx.py makes them (about 10 s on 2 cores)."""
+    pytest.importorskip("torch", reason="torch (the train extra) is needed to export a checkpoint")
+    from export.inspect import inspect_onnx
+    from export.onnx_export import export_onnx
+    from test_export_onnx import _make_checkpoint
+
+    onnx_path = export_onnx(_make_checkpoint(tmp_path, "kpn")).output
+    repo = tmp_path / "repo"
+    r = _cli(onnx_path, "--repo", repo, "--dynamic-batching")
+    assert r.exit_code == 0, r.output
+    assert _tree(repo) == {"kpn", "kpn/config.pbtxt", "kpn/1", "kpn/1/model.onnx"}
+    assert (repo / "kpn/1/model.onnx").read_bytes() == onnx_path.read_bytes()
+    info = inspect_onnx(onnx_path)
+    assert info["custom_nodes"]  # the real thing: kpn::AdaptiveConv nodes
+    cfg = _parse(repo / "kpn/config.pbtxt")
+    want = lambda vs: [(v["name"], "TYPE_FP32", [d if isinstance(d, int) else -1 for d in v["shape"]][1:]) for v in vs]  # noqa: E731
+    assert _io(cfg.input) == want(info["inputs"]) and _io(cfg.output) == want(info["outputs"])
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert {k: v for k, v in info["metadata"].items() if k.startswith("kpn.")} == {k: v for k, v in params.items() if k.startswith("kpn.")}
+    assert json.loads(params["kpn.config"])["family"] == "kpn"
