@@ -94,6 +94,8 @@ def quality_cmd(
     test_crops: int = typer.Option(8, "--test-crops", help="test bursts per gain"),
     tune_crops: int = typer.Option(4, "--tune-crops", help="tuning bursts per gain (from the training split)"),
     frames: int = typer.Option(8, "--frames", help="frames per test burst (models take the first N they need)"),
+    motion: str = typer.Option("paper", "--motion", help="offsets of the test and tuning bursts: paper (AME-KPN 3.1), "
+                               "walk (video-like) or large (every frame from the big [-64,64] range)"),
     threads: int = typer.Option(os.cpu_count() or 1, "--threads", help="CPU threads"),
     seed: int = typer.Option(0, "--seed", help="seed of the test bursts (the tuning bursts use seed+1)"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="validation fraction of the train/val split (as kpn-train)"),
@@ -112,7 +114,7 @@ def quality_cmd(
             specs, note = resolve_models(models, Path(work), allow_random=False)
             quality.run(specs, note, images, gain_list, crop, test_crops, tune_crops, frames, threads, seed,
                         val_fraction, split_seed, bm3d, nlm, runtime_backend, out, Path(work), _command(),
-                        log=typer.echo)
+                        log=typer.echo, motion=motion)
     except BenchError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality_crops.png'}")

@@ -131,13 +131,16 @@ def _gain_name(g: int) -> str:
 
 
 def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_crops: int, frames: int,
-                seed: int, val_fraction: float, split_seed: int, need_tuning: bool) -> tuple[dict, dict, dict]:
+                seed: int, val_fraction: float, split_seed: int, need_tuning: bool,
+                motion: str = "paper") -> tuple[dict, dict, dict]:
     """-> (test {gain: (burst [V,N,h,w], nmap [V,1,h,w], clean [V,1,h,w]) numpy}, tuning (same), source info)."""
     from train.data import DataError, VALIDATION_GAINS, load_source, validation_set
 
     for g in gains:
         if _gain_name(g) not in VALIDATION_GAINS:
             raise BenchError(f"--gains: {g} is not one of AME-KPN Table 1's gains (1, 2, 3, 4)")
+    if motion not in ("paper", "walk", "large"):
+        raise BenchError(f"--motion {motion}: choose paper, walk or large")
     if test_crops < 1 or crop < 8:
         raise BenchError("--test-crops must be >= 1 and --crop >= 8")
     source = "builtin" if images == "builtin-test" else images
@@ -148,7 +151,7 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
 
     def make(imgs, count, s):
         per = math.ceil(count / len(imgs))
-        vs = validation_set(imgs, frames, 0, crop, per_image=per, seed=s)
+        vs = validation_set(imgs, frames, 0, crop, per_image=per, seed=s, motion=motion)
         return {g: tuple(t.numpy()[:count] for t in vs[_gain_name(g)]) for g in gains}
 
     test = make(val_imgs, test_crops, seed)
@@ -161,6 +164,7 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
         tune_names = [im.name for im in chosen]
     info = {
         "images": images,
+        "motion": motion,
         "test_images": [im.name for im in val_imgs],
         "tuning_images": tune_names,
         "train_split_size": len(train_imgs),
@@ -281,7 +285,7 @@ def markdown(result: dict) -> str:
         f"Command: `{cfg['command']}`",
         "",
         f"{env['cpu']} ({env['cpu_count']} CPUs), {cfg['threads']} threads. Test bursts: {cfg['test_crops']} per gain, "
-        f"{cfg['crop']}x{cfg['crop']} px, {cfg['frames']} frames, from the validation split "
+        f"{cfg['crop']}x{cfg['crop']} px, {cfg['frames']} frames, {cfg['motion']} motion, from the validation split "
         f"({', '.join(result['source']['test_images'])}) of `{cfg['images']}`, never used for training; generator "
         "`train.data.validation_set` (AME-KPN sec. 3.1). PSNR (dB) and SSIM in sRGB gamma space, mean over bursts. "
         "s/MP = seconds per output megapixel on this machine.",
@@ -352,7 +356,7 @@ def crops_figure(outputs: dict, test: dict, gain: int, index: int, results: dict
 def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int], crop: int, test_crops: int,
         tune_crops: int, frames: int, threads: int, seed: int, val_fraction: float, split_seed: int, use_bm3d: bool,
         use_nlm: bool, runtime_backend: str, out: Path, workdir: Path, command: str,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, motion: str = "paper") -> dict:
     import cv2
     import torch
 
@@ -365,7 +369,7 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
         raise BenchError(f"--frames {frames}: a model needs {need_frames} frames")
     gains = sorted(set(gains))
     test, tuning_data, source = load_bursts(images, gains, crop, test_crops, tune_crops, frames, seed, val_fraction,
-                                            split_seed, use_bm3d or use_nlm)
+                                            split_seed, use_bm3d or use_nlm, motion)
     if (use_bm3d or use_nlm) and not tuning_data:
         raise BenchError("--tune-crops must be >= 1 to tune the classical baselines (or --no-nlm --no-bm3d)")
     log(f"test bursts: {len(test[gains[0]][0])} x {crop}x{crop} per gain from {source['test_images']}; "
@@ -409,7 +413,7 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
     result = {
         "machine": machine_info(threads),
         "config": {"command": command, "images": images, "gains": gains, "crop": crop, "test_crops": test_crops,
-                   "tune_crops": tune_crops, "frames": frames, "threads": threads, "seed": seed,
+                   "tune_crops": tune_crops, "frames": frames, "motion": motion, "threads": threads, "seed": seed,
                    "tuning_seed": seed + 1, "runtime_backend": runtime_backend, "models_from": models_note},
         "source": source,
         "models": [s.describe() for s in specs],

@@ -169,3 +169,9 @@ def test_quality_command(kpn_ckpt, tmp_path):
     assert "| method | gain 1 PSNR | gain 1 SSIM | gain 4 PSNR | gain 4 SSIM | s/MP |" in md
     assert "AME-KPN, 5x5 | 39.92 | 0.9776" in md
     assert (out / "quality_crops.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_quality_rejects_unknown_motion(kpn_ckpt, tmp_path):
+    r = _invoke(["quality", "--models", str(kpn_ckpt), "--motion", "teleport", "--out", str(tmp_path / "q")])
+    assert r.exit_code != 0 and "--motion teleport: choose paper, walk or large" in r.output
+    assert not (tmp_path / "q" / "quality.json").exists()

@@ -222,3 +222,13 @@ def test_psnr_and_ssim_in_gamma_space():
     assert psnr_gamma(torch.tensor(p), torch.tensor(t)) == pytest.approx(psnr_gamma(p, t), abs=1e-9)
     assert ssim_gamma(t, t) == pytest.approx(1.0)
     assert 0 < ssim_gamma(p, t) < 1
+
+
+def test_large_motion_draws_every_frame_from_the_big_range():
+    rng = np.random.default_rng(0)
+    big = [np.abs(D.sample_offsets(rng, 8, 0, "large")[1:]).max(axis=1) for _ in range(50)]
+    paper = [np.abs(D.sample_offsets(rng, 8, 0, "paper")[1:]).max(axis=1) for _ in range(50)]
+    frac = lambda draws: float(np.mean(np.concatenate(draws) > D.SMALL_JITTER))
+    # uniform on [-64, 64]^2: both |dy|, |dx| <= 8 with probability (17/129)^2 < 2%
+    assert frac(big) > 0.9 and frac(paper) < 0.5
+    assert all(np.concatenate(big) <= D.BIG_JITTER)

@@ -109,13 +109,14 @@ def sample_offsets(
     offsets = np.zeros((frames, 2), dtype=np.int64)
     if frames <= 1:
         return offsets
-    p_big = min(rng.poisson(POISSON_LAMBDA) / frames, 1.0)
+    # "large": every frame from the big range (a stress test for alignment, not a training default)
+    p_big = 1.0 if motion == "large" else min(rng.poisson(POISSON_LAMBDA) / frames, 1.0)
 
     def draw(b: int, s: int) -> np.ndarray:
         r = b if rng.random() < p_big else s
         return rng.integers(-r, r + 1, size=2)
 
-    if motion == "paper":
+    if motion in ("paper", "large"):
         for i in range(frames):
             if i != reference_index:
                 offsets[i] = draw(big, small)
@@ -128,7 +129,7 @@ def sample_offsets(
                 offsets[i] = offsets[i - direction] + draw(b, s)
                 i += direction
     else:
-        raise ValueError(f"unknown motion model {motion!r}; choose 'paper' or 'walk'")
+        raise ValueError(f"unknown motion model {motion!r}; choose 'paper', 'walk' or 'large'")
     return offsets
 
 
