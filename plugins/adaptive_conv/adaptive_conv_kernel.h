@@ -19,6 +19,6 @@ int32_t launchAdaptiveConv(DType dtype, void const* frames, void const* kernels,
 extern "C"
 {
 // C ABI over device pointers (dtype: 0 float32, 1 float16), for harnesses loaded with ctypes.
-int32_t kpn_adaptive_conv_cuda(int32_t dtype, void const* frames, void const* kernels, void* out, int64_t batch,
+KPN_EXPORT int32_t kpn_adaptive_conv_cuda(int32_t dtype, void const* frames, void const* kernels, void* out, int64_t batch,
     int64_t frameCount, int64_t channels, int64_t height, int64_t width, int32_t kernelSize, void* stream);
 }

@@ -12,6 +12,10 @@
 #define KPN_HD inline
 #endif
 
+// Symbols of libkpn_plugins.so meant for callers outside it (the library builds with hidden
+// visibility, so only these and the TensorRT entry points are exported).
+#define KPN_EXPORT __attribute__((visibility("default")))
+
 namespace kpn
 {
 

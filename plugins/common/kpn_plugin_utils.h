@@ -9,7 +9,7 @@
 
 #include "kpn_common.h"
 
-#define KPN_PLUGIN_EXPORT extern "C" __attribute__((visibility("default")))
+#define KPN_PLUGIN_EXPORT extern "C" KPN_EXPORT
 
 namespace kpn
 {

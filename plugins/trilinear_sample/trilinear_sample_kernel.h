@@ -20,7 +20,7 @@ int32_t launchTrilinearSample(DType dtype, void const* video, void const* offset
 extern "C"
 {
 // C ABI over device pointers (dtype: 0 float32, 1 float16), for harnesses loaded with ctypes.
-int32_t kpn_trilinear_sample_cuda(int32_t dtype, void const* video, void const* offsets, void* out, int64_t batch,
+KPN_EXPORT int32_t kpn_trilinear_sample_cuda(int32_t dtype, void const* video, void const* offsets, void* out, int64_t batch,
     int64_t channels, int64_t time, int64_t height, int64_t width, int64_t samples, int32_t referenceFrame,
     void* stream);
 }
