@@ -136,15 +136,15 @@ def trt_cmd(
 def triton_cmd(
     model: Path = typer.Argument(..., help="ONNX model (.onnx) or TensorRT engine (.engine/.plan, with its .json sidecar)"),
     repo: Path = typer.Option(..., "--repo", help="Triton model repository folder (created if absent)"),
-    name: Optional[str] = typer.Option(None, "--name", help="model name in the repository [default: MODEL's file stem]"),
+    name: Optional[str] = typer.Option(None, "--name", help="model name in the repository (default: MODEL's file stem, sanitised)"),
     max_batch_size: Optional[int] = typer.Option(
-        None, "--max-batch-size", help="Triton max_batch_size; 0: no batching [default: 8 for ONNX, the engine profile's max batch]"
+        None, "--max-batch-size", help="Triton max_batch_size; 0: no batching (default: 8 for ONNX, the engine profile's largest batch)"
     ),
     instances: int = typer.Option(1, "--instances", help="model instances (instance_group count)"),
     kind: str = typer.Option("gpu", "--kind", help="gpu | cpu (instance_group kind; engines: gpu only)"),
     dynamic_batching: bool = typer.Option(False, "--dynamic-batching", help="let Triton batch requests together"),
     plugins: Optional[Path] = typer.Option(
-        None, "--plugins", help="engines: plugin library libkpn_plugins.so [default: $KPN_PLUGINS, beside the engine, plugins/build/]"
+        None, "--plugins", help="engines: plugin library libkpn_plugins.so (default: $KPN_PLUGINS, beside the engine, plugins/build/)"
     ),
     json_out: bool = typer.Option(False, "--json", help="print the written paths and config as JSON"),
 ) -> None:

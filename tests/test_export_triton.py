@@ -351,3 +351,8 @@ def test_real_exported_model(tmp_path):
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert {k: v for k, v in info["metadata"].items() if k.startswith("kpn.")} == {k: v for k, v in params.items() if k.startswith("kpn.")}
     assert json.loads(params["kpn.config"])["family"] == "kpn"
+
+
+def test_help_shows_defaults():
+    out = CliRunner().invoke(app, ["triton", "--help"]).output
+    assert "--repo" in out and "file stem" in out and "largest batch" in out and "KPN_PLUGINS" in out
