@@ -28,7 +28,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from runtime.denoise import NOISE_CROP, _centre_crop, _channels, _denoise_frames, _reference, _sigmas  # noqa: E402
+from runtime.denoise import NOISE_CROP, centre_crop, channel_split, denoise_frames, reference_position, noise_sigmas  # noqa: E402
 from runtime.errors import UserError, first_line  # noqa: E402
 from runtime.frames import check_output, default_suffix, list_frames, read_frames, to_linear, write_atomic  # noqa: E402
 from runtime.model import ModelInfo  # noqa: E402
@@ -128,16 +128,16 @@ def denoise_on_triton(folder: Path, backend: TritonBackend, output: Optional[Pat
     out = Path(output) if output is not None else folder.parent / f"{folder.name}-denoised{default_suffix(paths)}"
     check_output(out, paths, frames[0].pixels.dtype)
     info = backend.info
-    order, note = select_burst(len(paths), _reference(paths, reference), info, pad_frames)
-    nproc, _ = _channels(frames[0].shape[2])
+    order, note = select_burst(len(paths), reference_position(paths, reference), info, pad_frames)
+    nproc, _ = channel_split(frames[0].shape[2])
     used = sorted(set(order), key=order.index)
-    sigmas, _estimated = _sigmas(
-        lambda ch: np.stack([to_linear(_centre_crop(frames[i].pixels, NOISE_CROP)[:, :, ch], linear) for i in used]),
+    sigmas, _estimated = noise_sigmas(
+        lambda ch: np.stack([to_linear(centre_crop(frames[i].pixels, NOISE_CROP)[:, :, ch], linear) for i in used]),
         nproc, read_noise, shot_noise, not is_float,
     )
     if note:
         typer.echo(note, err=True)
-    result = _denoise_frames(frames, order, info, backend, linear, sigmas, tile)
+    result = denoise_frames(frames, order, info, backend, linear, sigmas, tile)
     write_atomic(out, result)
     return out
 

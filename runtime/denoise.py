@@ -57,12 +57,12 @@ def _console() -> Console:
     return Console(stderr=True, soft_wrap=True)
 
 
-def _channels(c: int) -> tuple[int, int]:
+def channel_split(c: int) -> tuple[int, int]:
     """-> (channels denoised, channels copied from the reference): alpha is copied, not denoised."""
     return (1, 1) if c == 2 else (3, 1) if c == 4 else (c, 0)
 
 
-def _reference(paths: list[Path], reference: Optional[str]) -> int:
+def reference_position(paths: list[Path], reference: Optional[str]) -> int:
     if reference is None:
         return 0
     if reference.lstrip("-").isdigit():
@@ -84,7 +84,7 @@ def _model_info(model: Path) -> ModelInfo:
     return onnx_info(model)
 
 
-def _sigmas(frames_lin: Callable[[int], np.ndarray], nproc: int, read_noise, shot_noise, integer: bool):
+def noise_sigmas(frames_lin: Callable[[int], np.ndarray], nproc: int, read_noise, shot_noise, integer: bool):
     if (read_noise is None) != (shot_noise is None):
         raise UserError("give both --read-noise and --shot-noise, or neither (then they are estimated from the burst)")
     if read_noise is not None:
@@ -100,7 +100,7 @@ def _sigmas(frames_lin: Callable[[int], np.ndarray], nproc: int, read_noise, sho
     return out, True
 
 
-def _centre_crop(px: np.ndarray, size: int) -> np.ndarray:
+def centre_crop(px: np.ndarray, size: int) -> np.ndarray:
     h, w = px.shape[:2]
     y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return px[y0 : y0 + size, x0 : x0 + size]
@@ -130,12 +130,12 @@ class _Progress:
             self.progress.stop()
 
 
-def _denoise_frames(frames: list[Frame], order: list[int], info: ModelInfo, backend, linear: bool,
+def denoise_frames(frames: list[Frame], order: list[int], info: ModelInfo, backend, linear: bool,
                     sigmas: list[tuple[float, float]], tile: Optional[int], step=None) -> np.ndarray:
     """Denoise the burst `order` (indices into frames, model order) -> file-typed [H, W, C]."""
     ref = frames[order[info.reference_index]]
     h, w, c = ref.shape
-    nproc, _ = _channels(c)
+    nproc, _ = channel_split(c)
     raw = [frames[i].pixels for i in order]
     sr = np.array([s[0] for s in sigmas], dtype=np.float32)[:, None, None, None]
     ss = np.array([s[1] for s in sigmas], dtype=np.float32)[:, None, None, None]
@@ -182,7 +182,7 @@ def denoise_burst(
     linear = linear or is_float
     out = Path(output) if output is not None else folder.parent / f"{folder.name}-denoised{default_suffix(paths)}"
     check_output(out, paths, frames[0].pixels.dtype)
-    ref = _reference(paths, reference)
+    ref = reference_position(paths, reference)
     model_path = resolve_model(model)
     needed = _model_info(model_path).frames  # metadata and sidecar checks before any heavy import
     if len(paths) == 1 and needed > 1 and not pad_frames:
@@ -193,10 +193,10 @@ def denoise_burst(
         order, frame_note = select_burst(len(paths), ref, info, pad_frames)
         notes = [n for n in (frame_note,) if n]
         h, w, c = frames[0].shape
-        nproc, _ = _channels(c)
+        nproc, _ = channel_split(c)
         used = sorted(set(order), key=order.index)
-        sigmas, estimated = _sigmas(
-            lambda ch: np.stack([to_linear(_centre_crop(frames[i].pixels, NOISE_CROP)[:, :, ch], linear) for i in used]),
+        sigmas, estimated = noise_sigmas(
+            lambda ch: np.stack([to_linear(centre_crop(frames[i].pixels, NOISE_CROP)[:, :, ch], linear) for i in used]),
             nproc, read_noise, shot_noise, not is_float,
         )
         if estimated:
@@ -205,7 +205,7 @@ def denoise_burst(
             console.print(n, markup=False, highlight=False)
         total = tile_count(h, w, info, tile, be.max_hw)
         with _Progress(console, total, f"denoising with {be.name}") as prog:
-            result = _denoise_frames(frames, order, info, be, linear, sigmas, tile, prog.step)
+            result = denoise_frames(frames, order, info, be, linear, sigmas, tile, prog.step)
         write_atomic(out, result)
     finally:
         be.close()
@@ -257,7 +257,7 @@ def denoise_video(
     be, note, info = _open(model_path, backend, plugins, threads, cuda_graph)
     try:
         h, w, c = first.shape
-        nproc, _ = _channels(c)
+        nproc, _ = channel_split(c)
         cache: dict[int, Frame] = {}
 
         def get(i: int) -> Frame:
@@ -267,8 +267,8 @@ def denoise_video(
 
         mid = len(paths) // 2
         win = video_window(mid, len(paths), info)
-        sigmas, estimated = _sigmas(
-            lambda ch: np.stack([to_linear(_centre_crop(get(i).pixels, NOISE_CROP)[:, :, ch], linear) for i in sorted(set(win))]),
+        sigmas, estimated = noise_sigmas(
+            lambda ch: np.stack([to_linear(centre_crop(get(i).pixels, NOISE_CROP)[:, :, ch], linear) for i in sorted(set(win))]),
             nproc, read_noise, shot_noise, not is_float,
         )
         if estimated:
@@ -282,7 +282,7 @@ def denoise_video(
                     del cache[k]
                 frames = {i: get(i) for i in idx}
                 local = [frames[i] for i in idx]
-                result = _denoise_frames(local, list(range(len(idx))), info, be, linear, sigmas, tile, prog.step)
+                result = denoise_frames(local, list(range(len(idx))), info, be, linear, sigmas, tile, prog.step)
                 write_atomic(outs[t], result)
     finally:
         be.close()
