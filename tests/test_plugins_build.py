@@ -28,6 +28,7 @@ PLUGIN_SOURCES = [
     PLUGINS / "adaptive_conv" / "adaptive_conv_plugin.cpp",
     PLUGINS / "trilinear_sample" / "trilinear_sample_plugin.cpp",
 ]
+HOST_CHECK = PLUGINS / "tests" / "plugin_host_check.cpp"
 ARCHITECTURES = ["75", "80", "86", "87", "89", "90"]  # Turing .. Hopper, 87 = Jetson Orin
 # what trtexec --dynamicPlugins / IPluginRegistry::loadLibrary look up, and the kernels' C ABI
 EXPORTED = ["getCreators", "setLoggerFinder", "kpn_adaptive_conv_cuda", "kpn_trilinear_sample_cuda"]
@@ -150,4 +151,15 @@ def test_plugin_library_compiles_and_exports_entry_points(tensorrt_include_dirs,
         # hidden visibility: only the entry points above are exported from our code
         ours = sorted(s for s in exported if "kpn" in s.lower() and s not in EXPORTED)
         assert not ours, f"unexpected exported symbols: {ours}"
+
+        # the plugin classes, exercised on the host (plugins/tests/plugin_host_check.cpp): creator
+        # fields, serialization round trip, shapes, formats, errors returned as statuses
+        check = out / "plugin_host_check"
+        cuda_lib = cuda_include.parent / "lib64"
+        _run(["g++", "-std=c++17", "-O0", "-Wall", "-Wextra", "-Werror", f"-isystem{include}", f"-isystem{cuda_include}",
+              str(HOST_CHECK), *map(str, objects + kernel_objects), f"-L{cuda_lib}", f"-Wl,-rpath,{cuda_lib}", "-lcudart",
+              "-o", str(check)], cwd=out)
+        result = subprocess.run([str(check)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "ALL OK" in result.stdout, f"TensorRT {version}:\n{result.stdout}\n{result.stderr}"
+        assert "[E] kpn plugin AdaptiveConv: kernels have 9 taps, kernel_size 5 needs 25" in result.stderr
     print("compiled against TensorRT", ", ".join(versions))
