@@ -30,7 +30,7 @@ std::array<nvinfer1::IPluginCreatorInterface*, 2>& creators() noexcept
     return all;
 }
 
-bool gStaticallyRegistered = false;
+bool gStaticRegistrationDone = false;  // some creators may have been registered: withdraw them all
 
 struct StaticRegistrar
 {
@@ -41,12 +41,11 @@ struct StaticRegistrar
         {
             return;
         }
-        bool all = true;
         for (nvinfer1::IPluginCreatorInterface* creator : creators())
         {
-            all = registry->registerCreator(*creator, "") && all;
+            registry->registerCreator(*creator, "");
         }
-        gStaticallyRegistered = all;
+        gStaticRegistrationDone = true;
     }
 };
 
@@ -64,14 +63,14 @@ KPN_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
 KPN_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
     auto& all = kpn::plugin::creators();
-    if (kpn::plugin::gStaticallyRegistered)
+    nvinfer1::IPluginRegistry* registry = kpn::plugin::gStaticRegistrationDone ? getPluginRegistry() : nullptr;
+    if (registry)
     {
-        nvinfer1::IPluginRegistry* registry = getPluginRegistry();
         for (nvinfer1::IPluginCreatorInterface* creator : all)
         {
-            registry->deregisterCreator(*creator);
+            registry->deregisterCreator(*creator);  // false when that one was not registered: fine
         }
-        kpn::plugin::gStaticallyRegistered = false;
+        kpn::plugin::gStaticRegistrationDone = false;
     }
     nbCreators = static_cast<int32_t>(all.size());
     return all.data();
