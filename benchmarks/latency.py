@@ -12,7 +12,7 @@ Runtime through `runtime.backends.open_backend`, the kpn ops as their standard-o
 TensorRT backend with the plugin library).
 
 The op-level part calls `benchmarks.onnx_vs_torch.bench_ops` (PyTorch reference op vs the ONNX
-function body in ONNX Runtime) and adds the CPU build of the plugin math when `plugins/` ships one.
+function body in ONNX Runtime, and the CPU build of the plugin kernel math when g++ and the CUDA headers are present).
 """
 
 from __future__ import annotations
@@ -197,18 +197,6 @@ def bench_models(specs: list[ModelSpec], backends: list[str], sizes: list[int], 
 # Op level
 
 
-def _plugin_cpu_library() -> Optional[Path]:
-    """The CPU build of the plugin math (plugins/), when one has been built."""
-    root = Path(__file__).resolve().parent.parent / "plugins"
-    env = os.environ.get("KPN_PLUGIN_CPU_LIB")
-    if env:
-        return Path(env) if Path(env).is_file() else None
-    if not root.is_dir():
-        return None
-    cands = sorted(p for p in root.rglob("*.so") if "cpu" in p.name.lower())
-    return cands[0] if cands else None
-
-
 def bench_ops(sizes: list[int], threads: int, warmup: int, repeat: int) -> tuple[list[dict], list[dict]]:
     """PyTorch reference ops vs ONNX Runtime function bodies (benchmarks/onnx_vs_torch.py), plus the
     status of the plugin-math faces."""
@@ -216,13 +204,9 @@ def bench_ops(sizes: list[int], threads: int, warmup: int, repeat: int) -> tuple
 
     rows = onnx_vs_torch.bench_ops([(s, s) for s in sizes], threads, warmup, repeat)
     unavailable = []
-    lib = _plugin_cpu_library()
-    if lib is None:
-        unavailable.append({"face": "plugin math, CPU build (ctypes)",
-                            "reason": "plugins/ provides no CPU build of the kernel math (*cpu*.so) yet"})
-    else:
-        unavailable.append({"face": "plugin math, CPU build (ctypes)",
-                            "reason": f"found {lib}, but its C ABI is not wired into kpn-bench yet"})
+    _, why = onnx_vs_torch.plugin_cpu_library()
+    if why:
+        unavailable.append({"face": "plugin math, CPU build (ctypes)", "reason": why})
     unavailable.append({"face": "CUDA kernels", "reason": "timed inside the trt-* model backends only"})
     return rows, unavailable
 
@@ -291,10 +275,13 @@ def markdown(result: dict) -> str:
             lines.append(f"| {s['model']} | {s['backend']} | {rel} | {s['max_spread']:.0%} | {'yes' if s['linear_within_20pct'] else 'no'} |")
     if result.get("ops") is not None:
         lines += ["", "## Ops: PyTorch reference vs ONNX Runtime function body (benchmarks/onnx_vs_torch.py)", "",
-                  "| op | case | size | PyTorch ms | ORT ms | speed-up | max abs diff |", "|---|---|---|---:|---:|---:|---:|"]
+                  "| op | case | size | PyTorch ms | ORT ms | speed-up | max abs diff | plugin math, CPU build ms | its max abs diff |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in result["ops"]:
+            plugin = ("| n/a | n/a |" if r.get("plugin_cpu_ms") is None else
+                      f"| {r['plugin_cpu_ms']:.2f} | {r['plugin_cpu_max_abs_diff']:.1e} |")
             lines.append(f"| {r['op']} | {r['case']} | {r['size']} | {r['torch_ms']:.2f} | {r['ort_ms']:.2f} | "
-                         f"{r['speedup']:.2f} | {r['max_abs_diff']:.1e} |")
+                         f"{r['speedup']:.2f} | {r['max_abs_diff']:.1e} " + plugin)
         for u in result.get("ops_unavailable", []):
             lines.append(f"\n- {u['face']}: not available: {u['reason']}")
     models = result.get("model_info", [])

@@ -106,11 +106,28 @@ def bench_models(workdir: Path, sizes, threads: int, warmup: int, repeats: int, 
     return rows
 
 
+def plugin_cpu_library():
+    """(ctypes library of the plugin math's CPU build, None) or (None, why it cannot be built)."""
+    from plugins import cpu_build
+
+    try:
+        return cpu_build.load_cpu_library(), None
+    except cpu_build.CpuBuildUnavailable as exc:
+        return None, str(exc)
+
+
 def bench_ops(sizes, threads: int, warmup: int, repeats: int) -> list[dict]:
+    """Per op: the PyTorch reference, the ONNX function body in ONNX Runtime and, when g++ and the CUDA
+    headers are present, the plugin's kernel math built for the CPU (plugins/cpu_build.py: the same
+    __host__ __device__ code the CUDA kernels run, one thread, a plain loop: a correctness build, not
+    a fast CPU kernel)."""
     import torch
 
     import train.ops as ops
     from export.functions import op_model
+    from plugins import cpu_build
+
+    lib, _ = plugin_cpu_library()
 
     rows = []
     cases = [
@@ -127,12 +144,14 @@ def bench_ops(sizes, threads: int, warmup: int, repeats: int) -> list[dict]:
                 b = torch.randn(1, 8, attr * attr, h, w, generator=gen) / attr
                 feed = {"frames": a.numpy(), "kernels": b.numpy()}
                 fn = lambda: ops.adaptive_conv(a, b, attr)  # noqa: E731
+                plugin_fn = lambda: cpu_build.adaptive_conv(lib, feed["frames"], feed["kernels"], attr)  # noqa: E731
             else:
                 t, s = (5, 27) if attr == 2 else (1, 25)
                 a = torch.rand(1, 1, t, h, w, generator=gen)
                 b = torch.randn(1, s, 3, h, w, generator=gen) * torch.tensor([0.7, 4.0, 4.0]).view(1, 1, 3, 1, 1)
                 feed = {"video": a.numpy(), "offsets": b.numpy()}
                 fn = lambda: ops.trilinear_sample(a, b, attr)  # noqa: E731
+                plugin_fn = lambda: cpu_build.trilinear_sample(lib, feed["video"], feed["offsets"], attr)  # noqa: E731
             with torch.inference_mode():
                 t_torch = _time(fn, warmup, repeats)
                 ref = fn().numpy()
@@ -147,11 +166,17 @@ def bench_ops(sizes, threads: int, warmup: int, repeats: int) -> list[dict]:
                     "ort_ms": t_ort["median_ms"],
                     "speedup": t_torch["median_ms"] / t_ort["median_ms"],
                     "max_abs_diff": err,
+                    "plugin_cpu_ms": _time(plugin_fn, warmup, repeats)["median_ms"] if lib else None,
+                    "plugin_cpu_max_abs_diff": float(np.abs(plugin_fn() - ref).max()) if lib else None,
                 }
             )
             print(f"op    {op_type:15s} {label:20s} {h}x{w}: torch {t_torch['median_ms']:8.1f} ms  "
                   f"ort {t_ort['median_ms']:8.1f} ms  speedup {rows[-1]['speedup']:.2f}", flush=True)
     return rows
+
+
+def _opt(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
 
 
 def _markdown(result: dict) -> str:
@@ -177,13 +202,14 @@ def _markdown(result: dict) -> str:
         "",
         "## Ops: ONNX function bodies vs PyTorch reference",
         "",
-        "| op | case | size | PyTorch ms | ORT ms | speedup | max abs diff |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| op | case | size | PyTorch ms | ORT ms | speedup | max abs diff | plugin math, CPU build ms | its max abs diff |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["ops"]:
         lines.append(
             f"| {r['op']} | {r['case']} | {r['size']} | {r['torch_ms']:.1f} | {r['ort_ms']:.1f} | "
-            f"{r['speedup']:.2f} | {r['max_abs_diff']:.1e} |"
+            f"{r['speedup']:.2f} | {r['max_abs_diff']:.1e} | {_opt(r.get('plugin_cpu_ms'), '.1f')} | "
+            f"{_opt(r.get('plugin_cpu_max_abs_diff'), '.1e')} |"
         )
     return "\n".join(lines) + "\n"
 

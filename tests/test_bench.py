@@ -110,6 +110,13 @@ def test_latency_command(kpn_ckpt, tmp_path):
         assert {u["backend"] for u in data["unavailable"]} >= {"trt-fp32", "trt-fp16"}
     assert {row["op"] for row in data["ops"]} == {"AdaptiveConv", "TrilinearSample"}
     assert all(row["max_abs_diff"] < 1e-4 for row in data["ops"])
+    # the plugin's kernel math (CPU build of the same source the CUDA kernels compile) beside them
+    from plugins import cpu_build
+
+    if cpu_build.find_cxx() and cpu_build.find_cuda_include():
+        assert all(row["plugin_cpu_ms"] > 0 and row["plugin_cpu_max_abs_diff"] < 1e-4 for row in data["ops"])
+    else:
+        assert any(u["face"].startswith("plugin math") for u in data["ops_unavailable"])
     md = (out / "latency.md").read_text()
     assert "| model | backend | size | median ms | p90 ms | MP/s |" in md
     assert "not available:" in md and "speed-up vs torch" in md
