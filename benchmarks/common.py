@@ -7,7 +7,6 @@ are written by `export.onnx_export.export_onnx`, and the "through the runtime" p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from runtime.files import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "models"
@@ -210,14 +210,6 @@ def save_figure(fig, path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Models
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -44,6 +43,7 @@ from export.functions import (
     PLUGIN_ATTRIBUTES,
     function_protos,
 )
+from runtime.files import sha256_file as _sha256
 
 __all__ = ["ExportReport", "export_onnx", "exporter_version", "INPUT_CONTRACT", "TOLERANCE"]
 
@@ -162,14 +162,6 @@ def _translation_table() -> dict:
 # --------------------------------------------------------------------------------------------
 # Inputs, outputs and paths
 # --------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_output(ckpt_path: Path, fp16: bool) -> Path:
     return ckpt_path.with_name(ckpt_path.stem + ("-fp16" if fp16 else "") + ".onnx")
 

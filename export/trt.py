@@ -26,7 +26,6 @@ newer than 10.13 are looked up with getattr and listed in VERSION_DEPENDENT_NAME
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import tempfile
@@ -34,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from export.errors import ExportError
 from export.functions import DOMAIN
+from runtime.files import sha256_file
 
 PLUGIN_LIBRARY = "libkpn_plugins.so"
 DEFAULT_PLUGIN_PATH = Path(__file__).resolve().parents[1] / "plugins" / "build" / PLUGIN_LIBRARY
@@ -196,14 +195,6 @@ def strip_kpn_functions(model: Any) -> Any:
     del stripped.functions[:]
     stripped.functions.extend(keep)
     return stripped
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sidecar_content(

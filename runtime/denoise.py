@@ -6,7 +6,6 @@ Python API: `denoise_burst(folder, ...) -> Result` and `denoise_video(folder, ..
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,9 @@ from .frames import (
     to_linear,
     write_atomic,
 )
-from .model import ModelInfo, engine_sidecar_path, onnx_info, read_engine_sidecar, resolve_model
+from .model import ModelInfo, onnx_info, read_engine_sidecar, resolve_model
 from .noise import estimate_noise
-from .pipeline import noise_map, run_tiled, select_burst, tile_count, video_window
+from .pipeline import run_tiled, select_burst, tile_count, video_window
 
 NOISE_CROP = 1024  # noise estimation looks at the central NOISE_CROP^2 pixels of each frame
 

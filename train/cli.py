@@ -6,7 +6,6 @@ on CUDA, gloo on CPU); --batch-size is per process.
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import typer

@@ -11,7 +11,6 @@ model: the best mean validation PSNR over the four gains. NAME is `<family>-<wid
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ from typing import Optional
 import typer
 
 from .data import BUILTIN_IMAGES, BUILTIN_VALIDATION, VALIDATION_GAINS
+from runtime.files import sha256_file
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
@@ -31,14 +31,6 @@ _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), 
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"),
                 ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def train_command(train_args: dict, out: str) -> str:

@@ -13,7 +13,6 @@ variable names.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -22,17 +21,10 @@ import numpy as np
 
 from ..errors import UserError, first_line
 from ..model import engine_info, engine_sidecar_path, read_engine_sidecar
+from ..files import sha256_file as _sha256
 
 PLUGIN_LIBRARY = "libkpn_plugins.so"
 REBUILD = "rebuild with kpn-export trt"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_plugin_library(engine_file: Path, plugins: Optional[Path]) -> Path:
