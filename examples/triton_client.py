@@ -28,9 +28,9 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from runtime.denoise import NOISE_CROP, centre_crop, channel_split, denoise_frames, reference_position, noise_sigmas  # noqa: E402
+from runtime.denoise import denoise_frames, noise_sigmas, open_burst, reference_position  # noqa: E402
 from runtime.errors import UserError, first_line  # noqa: E402
-from runtime.frames import check_output, default_suffix, list_frames, read_frames, to_linear, write_atomic  # noqa: E402
+from runtime.frames import list_frames, write_atomic  # noqa: E402
 from runtime.model import ModelInfo  # noqa: E402
 from runtime.pipeline import select_burst  # noqa: E402
 
@@ -121,20 +121,11 @@ def denoise_on_triton(folder: Path, backend: TritonBackend, output: Optional[Pat
                       reference: Optional[str] = None, linear: bool = False, tile: Optional[int] = None,
                       pad_frames: bool = False) -> Path:
     """runtime.denoise.denoise_burst with the model call sent to Triton -> the output path."""
-    paths = list_frames(folder)
-    frames = read_frames(paths)
-    is_float = frames[0].pixels.dtype == np.float32
-    linear = linear or is_float
-    out = Path(output) if output is not None else folder.parent / f"{folder.name}-denoised{default_suffix(paths)}"
-    check_output(out, paths, frames[0].pixels.dtype)
+    paths, frames, linear, out = open_burst(folder, output, linear)
     info = backend.info
     order, note = select_burst(len(paths), reference_position(paths, reference), info, pad_frames)
-    nproc, _ = channel_split(frames[0].shape[2])
-    used = sorted(set(order), key=order.index)
-    sigmas, _estimated = noise_sigmas(
-        lambda ch: np.stack([to_linear(centre_crop(frames[i].pixels, NOISE_CROP)[:, :, ch], linear) for i in used]),
-        nproc, read_noise, shot_noise, not is_float,
-    )
+    sigmas, _estimated = noise_sigmas(frames.__getitem__, sorted(set(order), key=order.index), linear,
+                                      read_noise, shot_noise)
     if note:
         typer.echo(note, err=True)
     result = denoise_frames(frames, order, info, backend, linear, sigmas, tile)

@@ -83,7 +83,12 @@ def _model_info(model: Path) -> ModelInfo:
     return onnx_info(model)
 
 
-def noise_sigmas(frames_lin: Callable[[int], np.ndarray], nproc: int, read_noise, shot_noise, integer: bool):
+def noise_sigmas(frame_at: Callable[[int], Frame], used: list[int], linear: bool, read_noise, shot_noise):
+    """(sigma_r, sigma_s) per denoised channel: the given pair, or estimated from the centre crops of
+    frames `used` -> (sigmas, estimated)."""
+    first = frame_at(used[0])
+    nproc, _ = channel_split(first.shape[2])
+    integer = first.pixels.dtype != np.float32
     if (read_noise is None) != (shot_noise is None):
         raise UserError("give both --read-noise and --shot-noise, or neither (then they are estimated from the burst)")
     if read_noise is not None:
@@ -92,8 +97,9 @@ def noise_sigmas(frames_lin: Callable[[int], np.ndarray], nproc: int, read_noise
         return [(float(read_noise), float(shot_noise))] * nproc, False
     out = []
     for c in range(nproc):
+        crops = np.stack([to_linear(centre_crop(frame_at(i).pixels, NOISE_CROP)[:, :, c], linear) for i in used])
         try:
-            out.append(estimate_noise(frames_lin(c), clip_low=0.0 if integer else None, clip_high=1.0 if integer else None))
+            out.append(estimate_noise(crops, clip_low=0.0 if integer else None, clip_high=1.0 if integer else None))
         except ValueError as exc:
             raise UserError(f"cannot estimate the noise ({exc}); pass --read-noise and --shot-noise") from None
     return out, True
@@ -103,6 +109,17 @@ def centre_crop(px: np.ndarray, size: int) -> np.ndarray:
     h, w = px.shape[:2]
     y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return px[y0 : y0 + size, x0 : x0 + size]
+
+
+def open_burst(folder: Path, output: Optional[Path], linear: bool) -> tuple[list[Path], list[Frame], bool, Path]:
+    """Read a burst folder and check its output path -> (paths, frames, linear, output). Float frames
+    are linear whatever --linear says."""
+    paths = list_frames(folder)
+    frames = read_frames(paths)
+    linear = linear or frames[0].pixels.dtype == np.float32
+    out = Path(output) if output is not None else folder.parent / f"{folder.name}-denoised{default_suffix(paths)}"
+    check_output(out, paths, frames[0].pixels.dtype)
+    return paths, frames, linear, out
 
 
 class _Progress:
@@ -175,12 +192,7 @@ def denoise_burst(
 ) -> Result:
     console = console or _console()
     folder = Path(folder)
-    paths = list_frames(folder)
-    frames = read_frames(paths)
-    is_float = frames[0].pixels.dtype == np.float32
-    linear = linear or is_float
-    out = Path(output) if output is not None else folder.parent / f"{folder.name}-denoised{default_suffix(paths)}"
-    check_output(out, paths, frames[0].pixels.dtype)
+    paths, frames, linear, out = open_burst(folder, output, linear)
     ref = reference_position(paths, reference)
     model_path = resolve_model(model)
     needed = _model_info(model_path).frames  # metadata and sidecar checks before any heavy import
@@ -192,12 +204,8 @@ def denoise_burst(
         order, frame_note = select_burst(len(paths), ref, info, pad_frames)
         notes = [n for n in (frame_note,) if n]
         h, w, c = frames[0].shape
-        nproc, _ = channel_split(c)
-        used = sorted(set(order), key=order.index)
-        sigmas, estimated = noise_sigmas(
-            lambda ch: np.stack([to_linear(centre_crop(frames[i].pixels, NOISE_CROP)[:, :, ch], linear) for i in used]),
-            nproc, read_noise, shot_noise, not is_float,
-        )
+        sigmas, estimated = noise_sigmas(frames.__getitem__, sorted(set(order), key=order.index), linear,
+                                         read_noise, shot_noise)
         if estimated:
             notes.append("estimated noise: " + ", ".join(f"sigma_r={a:.4g} sigma_s={b:.4g}" for a, b in sigmas))
         for n in notes:
@@ -256,7 +264,6 @@ def denoise_video(
     be, note, info = _open(model_path, backend, plugins, threads, cuda_graph)
     try:
         h, w, c = first.shape
-        nproc, _ = channel_split(c)
         cache: dict[int, Frame] = {}
 
         def get(i: int) -> Frame:
@@ -266,10 +273,7 @@ def denoise_video(
 
         mid = len(paths) // 2
         win = video_window(mid, len(paths), info)
-        sigmas, estimated = noise_sigmas(
-            lambda ch: np.stack([to_linear(centre_crop(get(i).pixels, NOISE_CROP)[:, :, ch], linear) for i in sorted(set(win))]),
-            nproc, read_noise, shot_noise, not is_float,
-        )
+        sigmas, estimated = noise_sigmas(get, sorted(set(win)), linear, read_noise, shot_noise)
         if estimated:
             console.print("estimated noise: " + ", ".join(f"sigma_r={a:.4g} sigma_s={b:.4g}" for a, b in sigmas), markup=False, highlight=False)
         out_dir.mkdir(exist_ok=True)
