@@ -89,3 +89,13 @@ def test_unknown_kind():
         AnnealedLoss("nope").base(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError):
         loss_for_family("unet")
+
+
+def test_anneal_decay_override_for_short_runs():
+    """--anneal-decay replaces the papers' 0.9998 in both losses; the annealed weight is 100 x decay^t."""
+    assert loss_for_family("kpn").weight(10_000) == pytest.approx(100 * 0.9998**10_000)
+    short = loss_for_family("ame-kpn", 0.997)
+    assert short.weight(0) == 100.0 and short.weight(2000) == pytest.approx(100 * 0.997**2000)
+    assert loss_for_family("st-pan", 0.997).decay == 0.997
+    with pytest.raises(ValueError, match="must be in"):
+        loss_for_family("kpn", 1.5)

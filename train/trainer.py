@@ -70,11 +70,12 @@ class TrainArgs:
     split_seed: int = 0
     epoch_iters: int | None = None  # None: ceil(iters / 40) for KPN/AME-KPN, 1 for ST-PAN/PAN
     motion: str = "paper"
+    anneal_decay: float | None = None  # None: the papers' 0.9998 (train.losses)
     quiet: bool = False
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
-                                       "epoch_iters", "motion"), repr=False)
+                                       "epoch_iters", "motion", "anneal_decay"), repr=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -226,7 +227,10 @@ def train(args: TrainArgs, console=None) -> dict:
                 raise CheckpointError(f"{args.resume}: cannot resume from it ({str(exc).splitlines()[0][:200]})") from None
             step, metrics = int(ckpt.get("step", 0)), dict(ckpt.get("metrics") or {})
             console.print(f"resumed {args.resume} at step {step} of {args.iters}")
-        loss_fn = loss_for_family(cfg.family)
+        try:
+            loss_fn = loss_for_family(cfg.family, args.anneal_decay)
+        except ValueError as exc:
+            raise TrainError(f"--anneal-decay: {exc}") from None
         forward = _TrainForward(net)
         if distributed:
             from torch.nn.parallel import DistributedDataParallel
