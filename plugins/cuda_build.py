@@ -48,7 +48,8 @@ STATUS_NAMES = {
     2: "invalid attribute",
     3: "unsupported data type",
     4: "null pointer",
-    5: "CUDA error at launch (e.g. no kernel image for this GPU: check the build's architectures)",
+    5: "CUDA error at launch (no kernel image for this GPU, or a driver older than nvcc's CUDA: check the "
+    "architectures and `nvcc --version` against `nvidia-smi`)",
 }
 
 
