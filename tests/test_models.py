@@ -1,5 +1,7 @@
 """The model families: shapes, sizes, the papers' reconstruction formulas, receptive field, configs."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ def _zero_head(conv: torch.nn.Conv2d) -> None:
 
 
 def test_kpn_with_identity_kernels_averages_the_frames():
-    cfg = default_config("kpn")
+    cfg = replace(default_config("kpn"), softmax_kernels=False)  # the papers' raw kernels
     model = build_model(cfg).eval()
     _zero_head(model.kernel_head)
     k2 = cfg.kernel_size**2
@@ -37,19 +39,43 @@ def test_kpn_with_identity_kernels_averages_the_frames():
     torch.testing.assert_close(out, burst.mean(dim=1, keepdim=True))
 
 
-def test_fresh_kpn_starts_as_the_burst_mean():
+def test_fresh_raw_kernel_kpn_starts_as_the_burst_mean():
     """The kernel head is initialised to identity kernels (not left to default init)."""
     torch.manual_seed(3)
-    cfg = default_config("kpn")
+    cfg = replace(default_config("kpn"), softmax_kernels=False)
     model = build_model(cfg).eval()
     burst = torch.rand(1, cfg.frames, 16, 16)
     out = model(burst, torch.zeros(1, 1, 16, 16))
     torch.testing.assert_close(out, burst.mean(dim=1, keepdim=True))
 
 
+def test_softmax_kernels_by_formula():
+    """K = N * softmax over the N*K*K taps: a naive loop over taps with the head's logits."""
+    torch.manual_seed(4)
+    cfg = default_config("kpn")
+    assert cfg.softmax_kernels
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.kernel_head.weight, std=0.05)  # logits that vary per pixel
+    n, k = cfg.frames, cfg.kernel_size
+    burst, nmap = torch.rand(1, n, 8, 8), torch.full((1, 1, 8, 8), 0.03)
+    with torch.no_grad():
+        logits = model.kernel_head(model.backbone(torch.cat([burst, nmap], 1)))[0]  # [N*K*K, 8, 8]
+        out = model(burst, nmap)[0, 0]
+    weights = torch.softmax(logits, dim=0).view(n, k, k, 8, 8)
+    padded = F.pad(burst[0], (k // 2,) * 4)
+    expect = torch.zeros(8, 8)
+    for y in range(8):
+        for x in range(8):
+            expect[y, x] = (weights[:, :, :, y, x] * padded[:, y : y + k, x : x + k]).sum()
+    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-5)
+    # a constant burst comes out unchanged away from the zero-padded borders
+    flat = model(torch.full((1, n, 16, 16), 0.3), nmap.new_full((1, 1, 16, 16), 0.03))[0, 0, 2:-2, 2:-2]
+    torch.testing.assert_close(flat, torch.full_like(flat, 0.3))
+
+
 @pytest.mark.parametrize("weight_bias,expect", [(30.0, "filtered"), (-30.0, "residual")])
 def test_ame_kpn_blends_kernels_and_residuals_by_eq4(weight_bias, expect):
-    cfg = default_config("ame-kpn")
+    cfg = replace(default_config("ame-kpn"), softmax_kernels=False)
     model = build_model(cfg).eval()
     n, k2 = cfg.frames, cfg.kernel_size**2
     _zero_head(model.kernel_residual_head)

@@ -31,6 +31,11 @@ class KPNConfig:
     widths: tuple[int, ...] = SMALL_WIDTHS
     convs_per_block: int = SMALL_CONVS
     reference_index: int = 0
+    # Softmax over all N*K*K taps of a pixel, times N: every output pixel is a convex combination of
+    # burst pixels, so it stays on the image's scale whatever the net's state (the papers leave the
+    # kernels unnormalised; short CPU trainings then spend most steps learning kernel sums of 1, and
+    # their errors show as brightness bias). False: the papers' raw kernels.
+    softmax_kernels: bool = True
 
     def __post_init__(self):
         self.widths = tuple(self.widths)

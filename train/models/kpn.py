@@ -15,6 +15,7 @@ class KernelPredictionNet(nn.Module):
 
     KPN:     Y_i = X_i (*) K_i;                                   Y = mean_i Y_i
     AME-KPN: Y_i = sigmoid(W_i) * (X_i (*) K_i) + (1 - sigmoid(W_i)) * R_i   (eq. 4)
+    With cfg.softmax_kernels, K = N * softmax of the head's output over all N*K*K taps of a pixel.
     """
 
     def __init__(self, cfg: KPNConfig):
@@ -30,16 +31,23 @@ class KernelPredictionNet(nn.Module):
             self.kernel_head = nn.Conv2d(f, n * k * k, 3, padding=1)
         self._init_identity_kernels()
 
+    # Centre-tap logit of the initial softmax kernels: e^4 / (e^4 + K*K - 1) = 69% of each frame's
+    # weight on its centre pixel for K = 5 (the rest spread over the window).
+    SOFTMAX_CENTRE_LOGIT = 4.0
+
     def _init_identity_kernels(self) -> None:
-        """Start every predicted kernel as the identity (zero weights, centre-tap bias 1), so that the
-        untrained net outputs the burst mean: with default init the kernels' sums are far from 1 and the
-        first losses are ~1000x the noise level, which costs thousands of steps on a CPU."""
+        """Start every predicted kernel as (close to) the identity, the same for every frame, so that
+        the untrained net outputs (about) the burst mean: with default init the raw kernels' sums are far
+        from 1 and the first losses are ~1000x the noise level, which costs thousands of CPU steps.
+        Raw kernels: zero weights, centre-tap bias 1 (exactly the burst mean). Softmax kernels: zero
+        weights, centre logit SOFTMAX_CENTRE_LOGIT."""
         n, k2 = self.cfg.frames, self.cfg.kernel_size**2
         head = self.kernel_residual_head if self.cfg.attention else self.kernel_head
         with torch.no_grad():
             head.weight[: n * k2].zero_()
             head.bias[: n * k2].zero_()
-            head.bias[: n * k2].view(n, k2)[:, k2 // 2] = 1.0
+            centre = self.SOFTMAX_CENTRE_LOGIT if self.cfg.softmax_kernels else 1.0
+            head.bias[: n * k2].view(n, k2)[:, k2 // 2] = centre
 
     def forward_train(self, burst: Tensor, noise_map: Tensor) -> tuple[Tensor, Tensor]:
         """-> (denoised [B,1,H,W], per-frame estimates Y_i [B,N,H,W])."""
@@ -51,6 +59,8 @@ class KernelPredictionNet(nn.Module):
             kernels, residuals = kr[:, : n * k2], kr[:, n * k2 :]
         else:
             kernels = self.kernel_head(features)
+        if self.cfg.softmax_kernels:
+            kernels = torch.softmax(kernels, dim=1) * n
         filtered = adaptive_conv(burst.unsqueeze(2), kernels.reshape(b, n, k2, h, w), self.cfg.kernel_size)
         per_frame = filtered.squeeze(2)
         if self.cfg.attention:
