@@ -161,3 +161,10 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path):
 def test_paper_widths_build_and_count():
     counts = {f: count_parameters(build_model(default_config(f, "paper"))) for f in FAMILIES}
     assert all(c > 10_000_000 for c in counts.values()), counts
+
+
+def test_channel_softmax_equals_torch_softmax():
+    from train.models.blocks import channel_softmax
+
+    x = torch.randn(2, 27, 5, 7) * 30  # large logits: the max subtraction keeps exp finite
+    torch.testing.assert_close(channel_softmax(x), torch.softmax(x, dim=1), atol=1e-7, rtol=1e-6)

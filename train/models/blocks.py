@@ -108,3 +108,12 @@ class UNet(nn.Module):
         for dec, skip in zip(self.decoders, reversed(skips[:-1])):
             x = dec(x, skip)
         return x
+
+
+def channel_softmax(x: Tensor) -> Tensor:
+    """Softmax over dim 1 (channels) of [B, C, H, W], written as max/exp/sum: the same numbers as
+    torch.softmax(x, 1), but exported as ONNX reductions rather than one Softmax(axis=1) node, which
+    ONNX Runtime's CPU kernel runs ~10x slower on NCHW tensors (measured: 410 ms of a 1.08 s KPN
+    forward at 256x256, one thread)."""
+    e = (x - x.amax(dim=1, keepdim=True)).exp()
+    return e / e.sum(dim=1, keepdim=True)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import adaptive_conv
-from .blocks import UNet
+from .blocks import UNet, channel_softmax
 from .config import KPNConfig
 
 
@@ -69,7 +69,7 @@ class KernelPredictionNet(nn.Module):
         else:
             kernels = self.kernel_head(features)
         if self.cfg.softmax_kernels:
-            kernels = torch.softmax(kernels, dim=1) * n
+            kernels = channel_softmax(kernels) * n
         filtered = adaptive_conv(burst.unsqueeze(2), kernels.reshape(b, n, k2, h, w), self.cfg.kernel_size)
         per_frame = filtered.squeeze(2)
         if self.cfg.attention:

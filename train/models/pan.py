@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import trilinear_sample
-from .blocks import UNet, conv_stack
+from .blocks import UNet, channel_softmax, conv_stack
 from .config import PANConfig
 
 
@@ -55,7 +55,7 @@ class PixelAggregationNet(nn.Module):
         residual = torch.tanh(self.offset_head(features)).view(b, s, 3, h, w)
         offsets = residual * self.offset_scale.to(burst.dtype) + self.regular_grid.to(burst.dtype)
         samples = trilinear_sample(burst.unsqueeze(1), offsets, self.cfg.reference_index).squeeze(1)  # [B,S,H,W]
-        weights = torch.softmax(self.weight_branch(torch.cat([samples, x, features], dim=1)), dim=1)
+        weights = channel_softmax(self.weight_branch(torch.cat([samples, x, features], dim=1)))
         weighted = samples * weights
         groups = weighted.view(b, g, s // g, h, w).sum(dim=2) * g
         return weighted.sum(dim=1, keepdim=True), groups
