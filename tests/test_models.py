@@ -73,16 +73,6 @@ def test_softmax_kernels_by_formula():
     torch.testing.assert_close(flat, torch.full_like(flat, 0.3))
 
 
-def test_fresh_ame_kpn_starts_as_its_kernel_branch():
-    """Residuals start at 0 and the blend at sigmoid(3): a constant burst c comes out as sigmoid(3) c
-    (away from the zero-padded borders), not as a mix with a random residual."""
-    torch.manual_seed(5)
-    cfg = default_config("ame-kpn")
-    model = build_model(cfg).eval()
-    out = model(torch.full((1, cfg.frames, 24, 24), 0.4), torch.full((1, 1, 24, 24), 0.02))[0, 0, 2:-2, 2:-2]
-    torch.testing.assert_close(out, torch.full_like(out, 0.4 * torch.sigmoid(torch.tensor(3.0)).item()))
-
-
 @pytest.mark.parametrize("weight_bias,expect", [(30.0, "filtered"), (-30.0, "residual")])
 def test_ame_kpn_blends_kernels_and_residuals_by_eq4(weight_bias, expect):
     cfg = replace(default_config("ame-kpn"), softmax_kernels=False)

@@ -34,8 +34,6 @@ class KernelPredictionNet(nn.Module):
     # Centre-tap logit of the initial softmax kernels: e^4 / (e^4 + K*K - 1) = 69% of each frame's
     # weight on its centre pixel for K = 5 (the rest spread over the window).
     SOFTMAX_CENTRE_LOGIT = 4.0
-    # Initial blend logit of AME-KPN's weight branch: sigmoid(3) = 95% kernel branch, 5% residual.
-    AME_WEIGHT_LOGIT = 3.0
 
     def _init_identity_kernels(self) -> None:
         """Start every predicted kernel as (close to) the identity, the same for every frame, so that
@@ -50,13 +48,6 @@ class KernelPredictionNet(nn.Module):
             head.bias[: n * k2].zero_()
             centre = self.SOFTMAX_CENTRE_LOGIT if self.cfg.softmax_kernels else 1.0
             head.bias[: n * k2].view(n, k2)[:, k2 // 2] = centre
-            if self.cfg.attention:
-                # AME-KPN starts as its kernel branch: residuals R_i = 0 and blend weights
-                # sigmoid(W_i) = sigmoid(AME_WEIGHT_LOGIT), instead of half of a random residual.
-                head.weight[n * k2 :].zero_()
-                head.bias[n * k2 :].zero_()
-                self.weight_head.weight.zero_()
-                self.weight_head.bias.fill_(self.AME_WEIGHT_LOGIT)
 
     def forward_train(self, burst: Tensor, noise_map: Tensor) -> tuple[Tensor, Tensor]:
         """-> (denoised [B,1,H,W], per-frame estimates Y_i [B,N,H,W])."""
