@@ -120,6 +120,7 @@ def _open_trt(spec: ModelSpec, onnx_path: Path, fp16: bool, sizes: list[int], wo
     lo, hi = min(sizes), max(sizes)
     opt = 512 if lo <= 512 <= hi else hi
     engine = workdir / f"{onnx_path.stem}.{'fp16' if fp16 else 'fp32'}.engine"
+    engine.parent.mkdir(parents=True, exist_ok=True)
     try:
         built = trt_builder.build_engine(
             onnx_path, output_path=engine, fp16=fp16,
