@@ -31,6 +31,7 @@ KERNEL_SOURCES = [
 ]
 HEADERS = [
     PLUGINS_DIR / "common" / "kpn_common.h",
+    PLUGINS_DIR / "common" / "elementwise_launch.cuh",
     PLUGINS_DIR / "adaptive_conv" / "adaptive_conv_kernel.h",
     PLUGINS_DIR / "adaptive_conv" / "adaptive_conv_math.cuh",
     PLUGINS_DIR / "trilinear_sample" / "trilinear_sample_kernel.h",

@@ -4,67 +4,30 @@
 #include "trilinear_sample_kernel.h"
 #include "trilinear_sample_math.cuh"
 
-#include <algorithm>
+#include "../common/elementwise_launch.cuh"
 
 namespace kpn
 {
 namespace
 {
 
-constexpr int32_t kThreadsPerBlock = 256;
-constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride loop beyond this: no grid-size limit to reach
-
-template <typename T>
-__global__ void __launch_bounds__(kThreadsPerBlock)
-    trilinearSampleKernel(T const* __restrict__ video, T const* __restrict__ offsets, T* __restrict__ out,
-        TrilinearSampleShape shape, int64_t count)
+struct TrilinearSampleOp
 {
-    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-    for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < count; index += stride)
+    using Shape = TrilinearSampleShape;
+    static int32_t check(Shape const& shape) { return checkTrilinearSampleShape(shape); }
+    template <typename T>
+    __device__ static void store(T const* video, T const* offsets, T* out, Shape const& shape, int64_t index)
     {
         trilinearSampleStore(video, offsets, out, shape, index);
     }
-}
-
-template <typename T>
-void launchTyped(void const* video, void const* offsets, void* out, TrilinearSampleShape const& shape, int64_t count,
-    cudaStream_t stream)
-{
-    int64_t const blocks = std::min<int64_t>((count + kThreadsPerBlock - 1) / kThreadsPerBlock, kMaxBlocks);
-    trilinearSampleKernel<T><<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
-        static_cast<T const*>(video), static_cast<T const*>(offsets), static_cast<T*>(out), shape, count);
-}
+};
 
 } // namespace
 
 int32_t launchTrilinearSample(DType dtype, void const* video, void const* offsets, void* out,
     TrilinearSampleShape const& shape, cudaStream_t stream, cudaError_t* cudaError)
 {
-    if (int32_t status = checkTrilinearSampleShape(shape))
-    {
-        return status;
-    }
-    int64_t const count = shape.outputCount();
-    if (count == 0)
-    {
-        return kSuccess;
-    }
-    if (!video || !offsets || !out)
-    {
-        return kNullPointer;
-    }
-    switch (dtype)
-    {
-    case DType::kFloat32: launchTyped<float>(video, offsets, out, shape, count, stream); break;
-    case DType::kFloat16: launchTyped<__half>(video, offsets, out, shape, count, stream); break;
-    default: return kBadDType;
-    }
-    cudaError_t const error = cudaGetLastError();
-    if (cudaError)
-    {
-        *cudaError = error;
-    }
-    return error == cudaSuccess ? kSuccess : kCudaError;
+    return launchElementwise<TrilinearSampleOp>(dtype, video, offsets, out, shape, stream, cudaError);
 }
 
 } // namespace kpn
