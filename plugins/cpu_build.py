@@ -10,15 +10,15 @@ kernels include, compiled by g++ (with CUDA's headers for `__half`) into a small
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from plugins.native_build import cached_build
 
 PLUGINS_DIR = Path(__file__).resolve().parent
 CPU_ABI_SOURCE = PLUGINS_DIR / "common" / "cpu_abi.cpp"
@@ -62,23 +62,9 @@ def load_cpu_library(cache_dir: Optional[Path] = None) -> ctypes.CDLL:
     cuda_include = find_cuda_include()
     if cuda_include is None:
         raise CpuBuildUnavailable("CUDA headers (cuda_fp16.h) not found: set $CUDA_HOME")
-    digest = hashlib.sha256()
-    for path in [CPU_ABI_SOURCE, *HEADERS]:
-        digest.update(path.read_bytes())
-    digest.update(" ".join([cxx, str(cuda_include), *CXX_FLAGS]).encode())
     cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "kpn-deploy-cpu-build"
-    cache.mkdir(parents=True, exist_ok=True)
-    library = cache / f"libkpn_cpu_{digest.hexdigest()[:16]}.so"
-    if not library.is_file():
-        # compile beside the target and rename: concurrent test runs never load a half-written file
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        cmd = [cxx, *CXX_FLAGS, f"-I{cuda_include}", str(CPU_ABI_SOURCE), "-o", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(f"CPU build failed: {' '.join(cmd)}\n{result.stderr}")
-        os.replace(tmp, library)
+    command = [cxx, *CXX_FLAGS, f"-I{cuda_include}", str(CPU_ABI_SOURCE)]
+    library = cached_build(command, [CPU_ABI_SOURCE, *HEADERS], cache, "libkpn_cpu", "CPU")
     lib = ctypes.CDLL(str(library))
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
     for name in ("kpn_adaptive_conv_cpu_f32", "kpn_adaptive_conv_cpu_f16"):

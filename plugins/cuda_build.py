@@ -16,13 +16,14 @@ This module imports torch only inside the functions that need it: building needs
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
+
+from plugins.native_build import cached_build
 
 PLUGINS_DIR = Path(__file__).resolve().parent
 KERNEL_SOURCES = [
@@ -112,23 +113,10 @@ def build_cuda_library(architectures: Optional[Sequence[str]] = None, cache_dir:
     if nvcc is None:
         raise CudaBuildUnavailable("nvcc not found (set $NVCC or $CUDA_HOME)")
     archs, arch_key = arch_flags(architectures)
-    digest = hashlib.sha256()
-    for path in [*KERNEL_SOURCES, *HEADERS]:
-        digest.update(path.read_bytes())
-    digest.update(" ".join([nvcc, nvcc_version(nvcc), *NVCC_FLAGS, arch_key]).encode())
     cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "kpn-deploy-cuda-build"
-    cache.mkdir(parents=True, exist_ok=True)
-    library = cache / f"libkpn_cuda_{digest.hexdigest()[:16]}.so"
-    if not library.is_file():
-        # compile beside the target and rename: concurrent runs never load a half-written file
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        cmd = [nvcc, *NVCC_FLAGS, *archs, *map(str, KERNEL_SOURCES), "-o", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(f"CUDA build failed: {' '.join(cmd)}\n{result.stdout}\n{result.stderr}")
-        os.replace(tmp, library)
+    command = [nvcc, *NVCC_FLAGS, *archs, *map(str, KERNEL_SOURCES)]
+    library = cached_build(command, [*KERNEL_SOURCES, *HEADERS], cache, "libkpn_cuda", "CUDA",
+                           key=f"{nvcc_version(nvcc)} {arch_key}")
     return library
 
 
