@@ -107,6 +107,32 @@ def test_noise_parameters_log_uniform_in_paper_ranges():
     assert abs(lr.mean() - (-2.25)) < 0.03 and abs(ls.mean() - (-3.0)) < 0.03  # uniform in log
 
 
+def test_wide_noise_range_covers_all_table1_gains():
+    rng = np.random.default_rng(8)
+    p = np.array([D.sample_noise_params(rng, "wide") for _ in range(4000)])
+    lr, ls = np.log10(p[:, 0]), np.log10(p[:, 1])
+    assert lr.min() >= -3 and lr.max() <= -1 and ls.min() >= -4 and ls.max() <= -1.5
+    assert abs(lr.mean() - (-2.0)) < 0.03 and abs(ls.mean() - (-2.75)) < 0.03
+    (r_lo, r_hi), (s_lo, s_hi) = D.NOISE_RANGES["wide"]
+    for sigma_r, sigma_s in D.VALIDATION_GAINS.values():
+        assert r_lo <= sigma_r <= r_hi and s_lo <= sigma_s <= s_hi
+    # the papers' range leaves gains 3 and 4 outside (AME-KPN 3.3: "far beyond the training range")
+    (_, pr_hi), _ = D.NOISE_RANGES["paper"]
+    assert [name for name, (r, _) in D.VALIDATION_GAINS.items() if r > pr_hi] == ["gain3", "gain4"]
+    with pytest.raises(ValueError, match="unknown noise range 'huge'"):
+        D.sample_noise_params(rng, "huge")
+
+
+def test_sampler_draws_its_noise_range():
+    train, _ = D.load_source("builtin")
+    stds = {}
+    for name in ("paper", "wide"):
+        s = D.BurstSampler(train[:2], 2, 0, 8, noise_range=name)
+        # the noise map's minimum over a burst is ~sigma_r: compare medians over many bursts
+        stds[name] = np.median([s.sample(np.random.default_rng([3, 0, t]))[1].min() for t in range(300)])
+    assert stds["wide"] > 1.5 * stds["paper"]
+
+
 def test_sampler_is_deterministic_with_seed_and_torch_in_torch_out():
     train, _ = D.load_source("builtin")
     s = D.BurstSampler(train[:3], 8, 0, 16)

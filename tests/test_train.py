@@ -126,6 +126,7 @@ def _one_line_error(r, *needles):
 def test_cli_bad_input_one_line_exit_2(tmp_path):
     out = str(tmp_path / "o.pt")
     _one_line_error(_cli("--model", "unet", "--out", out), "unknown model 'unet'")
+    _one_line_error(_cli("--model", "kpn", "--noise-range", "huge", "--out", out), "unknown noise range 'huge'")
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(_cli("--model", "kpn", "--data", str(empty), "--out", out), str(empty), "no images")

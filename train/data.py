@@ -8,7 +8,10 @@ One burst from a clean linear image y (single channel, full resolution):
      the KPN reference code's jitter 16 / small jitter 2 at upscale 4);
   2. every frame is downsampled f x in each dimension with a box filter (mean of f x f blocks);
   3. noise x ~ N(y, sigma_r^2 + sigma_s * y), independent per pixel and frame, with sigma_r
-     log-uniform in [1e-3, 10^-1.5] and sigma_s log-uniform in [1e-4, 1e-2] (one pair per burst);
+     log-uniform in [1e-3, 10^-1.5] and sigma_s log-uniform in [1e-4, 1e-2] (one pair per burst;
+     the papers' ranges, log-uniform as in KPN's reference code). `noise_range="wide"` raises both
+     upper ends by half a decade, to 10^-1 and 10^-1.5, so that training covers all four gains of
+     AME-KPN Table 1 (the papers test gains 3 and 4 beyond their training range);
   4. noise map sqrt(sigma_r^2 + sigma_s * max(x_ref, 0)) of the noisy reference (docs/model-io.md).
 The reference goes at `reference_index`: first for KPN/AME-KPN, the middle (T // 2) of a T = 5 clip
 for ST-PAN, whose other frames take the same offset model (`motion="paper"`, the default). With
@@ -40,8 +43,11 @@ DOWNSAMPLE = 4
 BIG_JITTER = 64
 SMALL_JITTER = 8
 POISSON_LAMBDA = 1.5
-SIGMA_R_RANGE = (1e-3, 10**-1.5)
-SIGMA_S_RANGE = (1e-4, 1e-2)
+# (sigma_r range, sigma_s range) per noise-range name; both drawn log-uniformly.
+NOISE_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "paper": ((1e-3, 10**-1.5), (1e-4, 1e-2)),
+    "wide": ((1e-3, 10**-1.0), (1e-4, 10**-1.5)),
+}
 # AME-KPN Table 1: (sigma_r, sigma_s) of gains 1-4 (gain 4 is beyond the training range).
 VALIDATION_GAINS: dict[str, tuple[float, float]] = {
     "gain1": (5e-3, 1e-3),
@@ -90,10 +96,13 @@ def box_downsample(img: np.ndarray, factor: int) -> np.ndarray:
     return img.reshape(*lead, h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
 
 
-def sample_noise_params(rng: np.random.Generator) -> tuple[float, float]:
-    """(sigma_r, sigma_s), each log-uniform in its AME-KPN range."""
-    lr = rng.uniform(np.log10(SIGMA_R_RANGE[0]), np.log10(SIGMA_R_RANGE[1]))
-    ls = rng.uniform(np.log10(SIGMA_S_RANGE[0]), np.log10(SIGMA_S_RANGE[1]))
+def sample_noise_params(rng: np.random.Generator, noise_range: str = "paper") -> tuple[float, float]:
+    """(sigma_r, sigma_s), each log-uniform in its range of NOISE_RANGES[noise_range]."""
+    if noise_range not in NOISE_RANGES:
+        raise ValueError(f"unknown noise range {noise_range!r}; choose one of {sorted(NOISE_RANGES)}")
+    (r_lo, r_hi), (s_lo, s_hi) = NOISE_RANGES[noise_range]
+    lr = rng.uniform(np.log10(r_lo), np.log10(r_hi))
+    ls = rng.uniform(np.log10(s_lo), np.log10(s_hi))
     return float(10.0**lr), float(10.0**ls)
 
 
@@ -157,6 +166,7 @@ def make_burst(
     motion: str = "paper",
     big_jitter: int = BIG_JITTER,
     small_jitter: int = SMALL_JITTER,
+    noise_range: str = "paper",
 ):
     """One synthetic burst from a clean single-channel linear image [H, W] (full resolution).
 
@@ -164,7 +174,7 @@ def make_burst(
     like the input. `crop` is the output size (h, w) (None: the largest that fits); the reference
     window of (downsample*h) x (downsample*w) pixels needs `big_jitter` pixels of image on each side.
     `position` (top-left of the reference window) and `offsets` [N, 2] are drawn from `rng` when None;
-    `sigma_r`/`sigma_s` too (log-uniform, AME-KPN's ranges) when None. Draw order: offsets, position,
+    `sigma_r`/`sigma_s` too (log-uniform in NOISE_RANGES[noise_range]) when None. Draw order: offsets, position,
     noise parameters, noise.
     """
     as_torch = isinstance(clean_linear, torch.Tensor)
@@ -199,7 +209,7 @@ def make_burst(
         position = (int(rng.integers(margin, H - margin - hh + 1)), int(rng.integers(margin, W - margin - ww + 1)))
     y0, x0 = position
     if sigma_r is None or sigma_s is None:
-        sigma_r, sigma_s = sample_noise_params(rng)
+        sigma_r, sigma_s = sample_noise_params(rng, noise_range)
     windows = np.stack([img[y0 + dy : y0 + dy + hh, x0 + dx : x0 + dx + ww] for dy, dx in offsets])
     clean_frames = box_downsample(windows, downsample)
     noisy = add_noise(clean_frames, sigma_r, sigma_s, rng)
@@ -347,11 +357,11 @@ class BurstSampler:
     """Draws training batches of synthetic bursts from a list of images."""
 
     def __init__(self, images: list[SourceImage], frames: int, reference_index: int, crop: int,
-                 downsample: int = DOWNSAMPLE, motion: str = "paper"):
+                 downsample: int = DOWNSAMPLE, motion: str = "paper", noise_range: str = "paper"):
         if not images:
             raise DataError("no training images")
         self.frames, self.reference_index, self.crop = frames, reference_index, crop
-        self.downsample, self.motion = downsample, motion
+        self.downsample, self.motion, self.noise_range = downsample, motion, noise_range
         self.window = downsample * crop + 2 * BIG_JITTER
         self.images = [_fit(im, self.window) for im in images]
 
@@ -362,7 +372,7 @@ class BurstSampler:
         y, x = int(rng.integers(h - self.window + 1)), int(rng.integers(w - self.window + 1))
         clean = image.linear(channel, (slice(y, y + self.window), slice(x, x + self.window)))
         return make_burst(clean, self.frames, None, None, rng, self.reference_index, self.crop,
-                          self.downsample, motion=self.motion)
+                          self.downsample, motion=self.motion, noise_range=self.noise_range)
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (burst [B, N, P, P], noise_map [B, 1, P, P], clean [B, 1, P, P]) float32 tensors."""

@@ -29,7 +29,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 # Options of `kpn-train` that define a run (TrainArgs field -> flag), in the order a user writes them.
 _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), ("iters", "--iters"),
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
-                ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("anneal_decay", "--anneal-decay"),
+                ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"), ("anneal_decay", "--anneal-decay"),
                 ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
 
 
