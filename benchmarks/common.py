@@ -262,11 +262,23 @@ def _spec_from_onnx(path: Path, name: Optional[str] = None) -> ModelSpec:
     )
 
 
+def _training_info(model, ckpt: dict) -> dict:
+    """What a report needs to say how a checkpoint was trained (absent fields are left out)."""
+    args, metrics = ckpt.get("train_args") or {}, ckpt.get("metrics") or {}
+    info = {"parameters": sum(p.numel() for p in model.parameters())}
+    for key in ("batch_size", "crop", "noise_range", "data"):
+        if args.get(key) is not None:
+            info[f"training_{key}"] = args[key]
+    if metrics.get("wall_seconds") is not None:
+        info["training_wall_seconds"] = round(float(metrics["wall_seconds"]))
+    return info
+
+
 def _spec_from_checkpoint(path: Path, name: Optional[str] = None) -> ModelSpec:
     from train.checkpoint import load_checkpoint
 
     try:
-        _, ckpt = load_checkpoint(path)
+        model, ckpt = load_checkpoint(path)
     except Exception as exc:  # CheckpointError and torch's own errors
         raise BenchError(f"{path}: not a loadable kpn-deploy checkpoint ({str(exc).splitlines()[0][:160]})") from None
     cfg = ckpt["config_object"]
@@ -277,7 +289,7 @@ def _spec_from_checkpoint(path: Path, name: Optional[str] = None) -> ModelSpec:
         reference_index=cfg.reference_index,
         size_multiple=cfg.size_multiple,
         checkpoint=path,
-        info={"width": getattr(cfg, "width", None), "training_step": ckpt.get("step")},
+        info={"width": getattr(cfg, "width", None), "training_step": ckpt.get("step"), **_training_info(model, ckpt)},
     )
     # an ONNX export of exactly this checkpoint beside it is reused (its metadata names the checkpoint's hash)
     beside = path.with_suffix(".onnx")

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -175,6 +176,11 @@ def test_quality_command(kpn_ckpt, tmp_path):
     md = (out / "quality.md").read_text()
     assert "| method | gain 1 PSNR | gain 1 SSIM | gain 4 PSNR | gain 4 SSIM | s/MP |" in md
     assert "AME-KPN, 5x5 | 39.92 | 0.9776" in md
+    # the sentence on why the paper's numbers differ states how the model was trained, from its checkpoint
+    (model,) = data["models"]
+    n_params = sum(t.numel() for t in torch.load(kpn_ckpt, weights_only=True)["model"].values())
+    assert model["parameters"] == n_params and model["training_step"] is not None
+    assert f"kpn (small width, {n_params / 1e6:.2f}M parameters, {model['training_step']} steps" in md
     assert (out / "quality_crops.png").read_bytes().startswith(PNG_MAGIC)
 
 
