@@ -158,3 +158,42 @@ def test_channel_softmax_equals_torch_softmax():
 
     x = torch.randn(2, 27, 5, 7) * 30  # large logits: the max subtraction keeps exp finite
     torch.testing.assert_close(channel_softmax(x), torch.softmax(x, dim=1), atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["kpn", "ame-kpn"])
+def test_kpn_per_frame_estimates_are_each_frames_own_average(family):
+    """Softmax kernels: Y_i for the annealed term is frame i filtered by its kernel normalised to sum 1,
+    so on frames of constant value c_i it is c_i, whatever share of the weight frame i gets; the output
+    is the share-weighted mean. (AME-KPN: with the weight branch at 1, the same.)"""
+    cfg = default_config(family)
+    torch.manual_seed(3)
+    model = build_model(cfg).eval()
+    head = model.kernel_residual_head if cfg.attention else model.kernel_head
+    torch.nn.init.normal_(head.weight, std=0.5)  # shares that differ between frames and pixels
+    if cfg.attention:
+        _zero_head(model.weight_head)
+        with torch.no_grad():
+            model.weight_head.bias.fill_(60.0)  # sigmoid = 1: kernels only
+    n, k = cfg.frames, cfg.kernel_size
+    c = torch.linspace(0.1, 0.8, n).view(1, n, 1, 1)
+    burst = c.expand(1, n, 24, 24).contiguous()
+    with torch.no_grad():
+        out, est = model.forward_train(burst, torch.full((1, 1, 24, 24), 0.02))
+    inner = (slice(None), slice(None), slice(k // 2, -(k // 2)), slice(k // 2, -(k // 2)))
+    torch.testing.assert_close(est[inner], c.expand_as(est)[inner], rtol=0, atol=1e-5)
+    # the output is not the plain mean of the frames: the shares differ
+    assert (out[inner] - c.mean()).abs().max() > 1e-3
+
+
+def test_st_pan_group_estimates_are_normalised_by_their_share():
+    cfg = default_config("st-pan")
+    torch.manual_seed(5)
+    model = build_model(cfg).eval()
+    burst = torch.full((1, cfg.frames, 24, 24), 0.37)
+    with torch.no_grad():
+        out, groups = model.forward_train(burst, torch.full((1, 1, 24, 24), 0.02))
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))
+    # interior samples of a constant clip are the constant: each group estimate is too, though the
+    # softmax gives the groups different shares (so scaling by the group count would not be)
+    torch.testing.assert_close(groups[inner], torch.full_like(groups[inner], 0.37), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[inner], torch.full_like(out[inner], 0.37), rtol=0, atol=1e-5)

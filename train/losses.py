@@ -12,7 +12,8 @@ AME-KPN (eq. 7, 8), also used for KPN (its own paper's loss):
 ST-PAN (eq. 9-11), also used for PAN:
     l(Y, Ygt) = mean |G(Y) - G(Ygt)|
     L         = l(Y, Ygt) + eta * gamma^m * sum_{i=1..s} l(Y_i, Ygt)
-  with Y_i the group estimates of eq. 10, already multiplied by s by the model; eta = 100,
+  with Y_i the group estimates of eq. 10, each normalised by its group's share of the softmax
+  weights by the model (train/models/pan.py); eta = 100,
   gamma = 0.9998, m = the optimizer step.
 """
 

@@ -57,7 +57,12 @@ class PixelAggregationNet(nn.Module):
         samples = trilinear_sample(burst.unsqueeze(1), offsets, self.cfg.reference_index).squeeze(1)  # [B,S,H,W]
         weights = channel_softmax(self.weight_branch(torch.cat([samples, x, features], dim=1)))
         weighted = samples * weights
-        groups = weighted.view(b, g, s // g, h, w).sum(dim=2) * g
+        # Group estimates (eq. 10) for the annealed term: each group's weighted sum divided by the
+        # group's own share of the softmax weight, so that a group is an estimate by itself whatever
+        # share the output gives it (the papers' unnormalised weights make no such distinction;
+        # multiplying by g instead pinned every share at 1/g while the term was large).
+        shares = weights.view(b, g, s // g, h, w).sum(dim=2).clamp_min(1e-20)
+        groups = weighted.view(b, g, s // g, h, w).sum(dim=2) / shares
         return weighted.sum(dim=1, keepdim=True), groups
 
     def forward(self, burst: Tensor, noise_map: Tensor) -> Tensor:
