@@ -61,10 +61,10 @@ def test_release_keeps_earlier_models_and_honours_default(two_runs, tmp_path):
 
 
 def test_train_command_round_trips_the_options():
-    args = TrainArgs(model="st-pan", iters=3500, crop=64, batch_size=8, lr=3e-4, noise_range="wide", out="x.pt").to_dict()
+    args = TrainArgs(model="st-pan", iters=3500, crop=64, batch_size=8, lr=3e-4, noise_range="wide", downsample=2, out="x.pt").to_dict()
     cmd = shlex.split(train_command(args, "models/st-pan-small.pt"))
     opts = dict(zip(cmd[1::2], cmd[2::2]))
     assert cmd[0] == "kpn-train"
     assert opts["--model"] == "st-pan" and opts["--iters"] == "3500" and opts["--crop"] == "64"
     assert opts["--batch-size"] == "8" and float(opts["--lr"]) == 3e-4 and opts["--out"] == "models/st-pan-small.pt"
-    assert opts["--noise-range"] == "wide"
+    assert opts["--noise-range"] == "wide" and opts["--downsample"] == "2"

@@ -5,6 +5,7 @@ one-line errors of bad input."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,10 @@ def test_tiny_training_loss_falls_and_checkpoint_reproduces_validation(tmp_path)
     assert len(losses) == 40 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     model, ckpt = load_checkpoint(out)
     assert ckpt["step"] == 40 and ckpt["config"]["family"] == "kpn"
+    # the checkpoint names the code that trained it (this checkout's commit, when it is one)
+    head = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert ckpt["versions"]["kpn-deploy-git"].split("+")[0] == head.stdout.strip()
     assert set(ckpt["metrics"]["val"]) == {"gain1", "gain2", "gain3", "gain4"}
     # the reloaded model gives exactly the validation numbers the trainer measured
     _, val_images = load_source("builtin")
@@ -62,6 +67,23 @@ def test_resume_equals_uninterrupted_run(tmp_path, family):
     assert ca["scheduler"] == cb["scheduler"]
     for k, s in ca["optimizer"]["state"].items():
         assert torch.equal(s["exp_avg_sq"], cb["optimizer"]["state"][k]["exp_avg_sq"])
+
+
+def test_downsample_option_scales_the_training_bursts(tmp_path):
+    """--downsample 2: training windows of 2x the crop (4x the image content per photograph) and the run
+    records it, so a resume keeps it; validation stays at the papers' 4x."""
+    train_images, _ = load_source("builtin")
+    s2 = BurstSampler(train_images[:1], 8, 0, 16, downsample=2)
+    s4 = BurstSampler(train_images[:1], 8, 0, 16)
+    assert s2.window == 2 * 16 + 2 * 64 and s4.window == 4 * 16 + 2 * 64
+    assert s2.sample(np.random.default_rng(0))[0].shape == (8, 16, 16)
+    out = tmp_path / "pan.pt"
+    train(TrainArgs(model="pan", iters=1, downsample=2, out=str(out), **TINY))
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["train_args"]["downsample"] == 2
+    train(TrainArgs(model="pan", iters=2, resume=str(out), out=str(out), **TINY))
+    resumed = torch.load(out, weights_only=True)
+    assert resumed["step"] == 2 and resumed["train_args"]["downsample"] == 2
 
 
 def test_lr_schedules_follow_the_papers():
@@ -127,6 +149,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     out = str(tmp_path / "o.pt")
     _one_line_error(_cli("--model", "unet", "--out", out), "unknown model 'unet'")
     _one_line_error(_cli("--model", "kpn", "--noise-range", "huge", "--out", out), "unknown noise range 'huge'")
+    _one_line_error(_cli("--model", "kpn", "--downsample", "3", "--out", out), "--downsample 3", "choose 1, 2 or 4")
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(_cli("--model", "kpn", "--data", str(empty), "--out", out), str(empty), "no images")

@@ -32,7 +32,28 @@ def _versions() -> dict[str, str]:
         kpn = version("kpn-deploy")
     except PackageNotFoundError:
         kpn = "unknown"
-    return {"kpn-deploy": kpn, "torch": str(torch.__version__), "python": platform.python_version()}
+    versions = {"kpn-deploy": kpn, "torch": str(torch.__version__), "python": platform.python_version()}
+    commit = _git_commit()
+    if commit:
+        versions["kpn-deploy-git"] = commit
+    return versions
+
+
+def _git_commit() -> str | None:
+    """The commit of the kpn-deploy checkout this code runs from ("+dirty" with uncommitted changes), so a
+    checkpoint names the exact code that trained it; None outside a git checkout or without git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -29,7 +29,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 # Options of `kpn-train` that define a run (TrainArgs field -> flag), in the order a user writes them.
 _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), ("iters", "--iters"),
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
-                ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"), ("anneal_decay", "--anneal-decay"),
+                ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
+                ("downsample", "--downsample"), ("anneal_decay", "--anneal-decay"),
                 ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
 
 
@@ -104,6 +105,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
             "batch_size": train_args.get("batch_size"),
             "crop": train_args.get("crop"),
             "world_size": train_args.get("world_size", 1),
+            "code": (ckpt.get("versions") or {}).get("kpn-deploy-git", "commit not recorded (checkpoints name it since 2026-11-25)"),
             "wall_seconds": round(float(metrics["wall_seconds"])) if "wall_seconds" in metrics else None,
             "machine": machine(),
             "data": ("builtin: scikit-image's bundled photographs "

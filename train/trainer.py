@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .data import NOISE_RANGES, VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
+from .data import DOWNSAMPLE, NOISE_RANGES, VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
 from .losses import loss_for_family
 from .metrics import psnr_gamma, ssim_gamma
 from .models import build_model, config_from_dict, default_config
@@ -71,12 +71,14 @@ class TrainArgs:
     epoch_iters: int | None = None  # None: ceil(iters / 40) for KPN/AME-KPN, 1 for ST-PAN/PAN
     motion: str = "paper"
     noise_range: str = "paper"  # train.data.NOISE_RANGES
+    downsample: int = DOWNSAMPLE  # box-downsampling of the training bursts (validation keeps the papers' 4)
     anneal_decay: float | None = None  # None: the papers' 0.9998 (train.losses)
     quiet: bool = False
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
-                                       "epoch_iters", "motion", "noise_range", "anneal_decay"), repr=False)
+                                       "epoch_iters", "motion", "noise_range", "downsample", "anneal_decay"),
+                         repr=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -153,6 +155,8 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         raise TrainError(f"unknown motion model {args.motion!r}; choose paper or walk")
     if args.noise_range not in NOISE_RANGES:
         raise TrainError(f"unknown noise range {args.noise_range!r}; choose {' or '.join(NOISE_RANGES)}")
+    if args.downsample not in (1, 2, 4):
+        raise TrainError(f"--downsample {args.downsample}: choose 1, 2 or 4")
     lr0, _, _ = LR_SCHEDULES[args.model]
     if args.lr is None:
         args.lr = lr0
@@ -209,8 +213,8 @@ def train(args: TrainArgs, console=None) -> dict:
 
     try:
         train_images, val_images = load_source(args.data, args.val_fraction, args.split_seed)
-        sampler = BurstSampler(train_images, cfg.frames, cfg.reference_index, args.crop, motion=args.motion,
-                               noise_range=args.noise_range)
+        sampler = BurstSampler(train_images, cfg.frames, cfg.reference_index, args.crop, downsample=args.downsample,
+                               motion=args.motion, noise_range=args.noise_range)
         val = validation_set(val_images, cfg.frames, cfg.reference_index, args.val_crop,
                              per_image=args.val_per_image, seed=args.split_seed, motion=args.motion) if rank == 0 else None
 
