@@ -3,6 +3,7 @@ exact resume, the learning-rate schedules, DistributedDataParallel with gloo (2 
 one-line errors of bad input."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -79,11 +80,37 @@ def test_downsample_option_scales_the_training_bursts(tmp_path):
     assert s2.sample(np.random.default_rng(0))[0].shape == (8, 16, 16)
     out = tmp_path / "pan.pt"
     train(TrainArgs(model="pan", iters=1, downsample=2, out=str(out), **TINY))
-    ckpt = torch.load(out, weights_only=True)
-    assert ckpt["train_args"]["downsample"] == 2
+    assert torch.load(out, weights_only=True)["train_args"]["downsample"] == 2
     train(TrainArgs(model="pan", iters=2, resume=str(out), out=str(out), **TINY))
     resumed = torch.load(out, weights_only=True)
-    assert resumed["step"] == 2 and resumed["train_args"]["downsample"] == 2
+    assert resumed["step"] == 2 and resumed["train_args"]["downsample"] == 2 and resumed["train_args"]["stages"] == []
+
+
+def test_resume_with_new_downsample_is_a_stage_that_the_release_command_reproduces(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from train.cli import app
+    from train.release import train_command
+
+    staged = tmp_path / "staged.pt"
+    train(TrainArgs(model="pan", iters=2, out=str(staged), seed=5, **TINY))
+    train(TrainArgs(model="pan", iters=3, resume=str(staged), downsample=2, out=str(staged), **TINY))
+    ckpt = torch.load(staged, weights_only=True)
+    assert ckpt["train_args"]["downsample"] == 2
+    assert ckpt["train_args"]["stages"] == [{"from_step": 2, "downsample": 2, "previous": 4}]
+    # the release's command lines, run as a user would, give the same weights bit for bit
+    commands = train_command(ckpt["train_args"], "again.pt").split(" && ")
+    assert len(commands) == 2 and "--iters 2 " in commands[0] and "--downsample 4 " in commands[0]
+    assert commands[1] == "kpn-train --model pan --resume again.pt --iters 3 --downsample 2 --out again.pt"
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        argv = shlex.split(command)[1:] + ["--quiet", "--val-crop", "16", "--val-per-image", "1"]
+        r = CliRunner().invoke(app, argv)
+        assert r.exit_code == 0, r.output
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert again["train_args"]["stages"] == ckpt["train_args"]["stages"]
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, again["model"][k]), k
 
 
 def test_lr_schedules_follow_the_papers():

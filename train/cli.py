@@ -34,7 +34,7 @@ def run(
     epoch_iters: Optional[int] = typer.Option(None, "--epoch-iters", help="iterations per LR-decay epoch (default: iters/40 for KPN/AME-KPN, 1 for ST-PAN/PAN)"),
     motion: str = typer.Option("paper", "--motion", help="paper (AME-KPN 3.1 offsets) or walk (cumulative, for clips)"),
     noise_range: str = typer.Option("paper", "--noise-range", help="paper (sigma_r <= 10^-1.5, sigma_s <= 10^-2: gains 3 and 4 of AME-KPN Table 1 lie beyond) or wide (10^-1 and 10^-1.5: covers all four gains)"),
-    downsample: int = typer.Option(4, "--downsample", help="box-downsampling factor of the training bursts: 4 (the papers'), 2 or 1 give 4x / 16x the image content per photograph; offsets stay in full-resolution pixels, so the motion grows by 4/factor"),
+    downsample: Optional[int] = typer.Option(None, "--downsample", help="box-downsampling factor of the training bursts: 4 (the papers', the default), 2 or 1 give 4x / 16x the image content per photograph; offsets stay in full-resolution pixels, so the motion grows by 4/factor. With --resume, a new value starts a new stage of the run (recorded in the checkpoint)"),
     anneal_decay: Optional[float] = typer.Option(None, "--anneal-decay", help="decay per step of the annealed per-frame/per-group loss term (default: the papers' 0.9998, made for ~100k-step runs; e.g. 0.997 for a few thousand steps)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress or validation lines"),
 ) -> None:

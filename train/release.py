@@ -35,13 +35,25 @@ _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), 
 
 
 def train_command(train_args: dict, out: str) -> str:
-    """The `kpn-train` command line that reproduces a run (torchrun/DDP runs: per-process batch)."""
+    """The `kpn-train` command line(s) that reproduce a run (torchrun/DDP runs: per-process batch): a run
+    with stages (a --resume that changed --downsample) is its first command, then one --resume per stage,
+    joined by " && "."""
+    stages = train_args.get("stages") or []
+    first = dict(train_args)
+    if stages:
+        first["downsample"] = stages[0]["previous"]
+        first["iters"] = stages[0]["from_step"]
     parts = ["kpn-train"]
     for field, flag in _TRAIN_FLAGS:
-        value = train_args.get(field)
+        value = first.get(field)
         if value is not None:
             parts += [flag, str(value)]
-    return " ".join(parts + ["--out", out])
+    commands = [" ".join(parts + ["--out", out])]
+    for i, stage in enumerate(stages):
+        until = stages[i + 1]["from_step"] if i + 1 < len(stages) else train_args.get("iters")
+        commands.append(f"kpn-train --model {train_args.get('model')} --resume {out} --iters {until} "
+                        f"--downsample {stage['downsample']} --out {out}")
+    return " && ".join(commands)
 
 
 def machine() -> str:

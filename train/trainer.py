@@ -71,13 +71,16 @@ class TrainArgs:
     epoch_iters: int | None = None  # None: ceil(iters / 40) for KPN/AME-KPN, 1 for ST-PAN/PAN
     motion: str = "paper"
     noise_range: str = "paper"  # train.data.NOISE_RANGES
-    downsample: int = DOWNSAMPLE  # box-downsampling of the training bursts (validation keeps the papers' 4)
+    # box-downsampling of the training bursts (validation keeps the papers' 4). None: 4, or on --resume the
+    # checkpoint's; a different value on --resume starts a new stage of the run, recorded in `stages`.
+    downsample: int | None = None
+    stages: list = field(default_factory=list)  # [{"from_step", "downsample", "previous"}], in order
     anneal_decay: float | None = None  # None: the papers' 0.9998 (train.losses)
     quiet: bool = False
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
-                                       "epoch_iters", "motion", "noise_range", "downsample", "anneal_decay"),
+                                       "epoch_iters", "motion", "noise_range", "downsample", "stages", "anneal_decay"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -141,9 +144,18 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         family = (ckpt.get("config") or {}).get("family")
         if family != args.model:
             raise TrainError(f"{args.resume}: checkpoint holds a {family} model, not {args.model}; pass --model {family}")
+        asked_downsample = args.downsample
         for name in args.RUN_FIELDS:
             if name in saved:
                 setattr(args, name, saved[name])
+        before = saved.get("downsample") or DOWNSAMPLE  # checkpoints from before the option trained at 4
+        args.downsample = before
+        if asked_downsample is not None and asked_downsample != before:
+            args.downsample = asked_downsample
+            args.stages = list(args.stages) + [
+                {"from_step": int(ckpt.get("step", 0)), "downsample": asked_downsample, "previous": before}]
+    if args.downsample is None:
+        args.downsample = DOWNSAMPLE
     if args.model not in LR_SCHEDULES:
         raise TrainError(f"unknown model {args.model!r}; choose one of {', '.join(LR_SCHEDULES)}")
     if args.width not in ("small", "paper"):
