@@ -269,6 +269,8 @@ def _training_info(model, ckpt: dict) -> dict:
     for key in ("batch_size", "crop", "noise_range", "data"):
         if args.get(key) is not None:
             info[f"training_{key}"] = args[key]
+    if args.get("stages"):
+        info["training_stages"] = args["stages"]
     if metrics.get("wall_seconds") is not None:
         info["training_wall_seconds"] = round(float(metrics["wall_seconds"]))
     return info

@@ -338,6 +338,8 @@ def why_numbers_differ(models: list[dict]) -> str:
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
         parts.append(steps)
+        for stage in m.get("training_stages") or []:
+            parts.append(f"from step {stage['from_step']} at downsample {stage['downsample']}")
         if m.get("training_noise_range"):
             parts.append(f"noise range {m['training_noise_range']}")
         if m.get("training_wall_seconds"):

@@ -112,7 +112,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
         "config": cfg,
         "training": {
             "command": train_command(train_args, f"models/{name}.pt"),
-            "resume": f"kpn-train --resume models/{name}.pt --iters MORE --out models/{name}.pt",
+            "resume": f"kpn-train --model {cfg['family']} --resume models/{name}.pt --iters MORE --out models/{name}.pt",
             "steps": int(ckpt.get("step", 0)),
             "batch_size": train_args.get("batch_size"),
             "crop": train_args.get("crop"),
