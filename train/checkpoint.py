@@ -46,14 +46,17 @@ def _git_commit() -> str | None:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        lines = head.stdout.split()
+        # an installed copy inside some other repository (a venv in a user's project) is not a checkout
+        if head.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
             return None
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return lines[1] + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
