@@ -51,6 +51,13 @@ class KernelPredictionNet(nn.Module):
 
     def forward_train(self, burst: Tensor, noise_map: Tensor) -> tuple[Tensor, Tensor]:
         """-> (denoised [B,1,H,W], per-frame estimates Y_i [B,N,H,W] for the annealed loss term)."""
+        return self._run(burst, noise_map, with_estimates=True)
+
+    def forward(self, burst: Tensor, noise_map: Tensor) -> Tensor:
+        # inference (and export) skips the estimates: a reduction over every kernel tap it does not need
+        return self._run(burst, noise_map, with_estimates=False)[0]
+
+    def _run(self, burst: Tensor, noise_map: Tensor, with_estimates: bool) -> tuple[Tensor, Tensor | None]:
         b, n, h, w = burst.shape
         k2 = self.cfg.kernel_size**2
         features = self.backbone(torch.cat([burst, noise_map], dim=1))
@@ -68,15 +75,12 @@ class KernelPredictionNet(nn.Module):
         # times an estimate. Dividing by the share makes Y_i frame i's own estimate; without it, the
         # annealed term pinned every share at 1 and held the output at the burst mean until it faded
         # (measured: 1750 steps at 19 dB with decay 0.997). Raw kernels are the papers' Y_i as they are.
-        if self.cfg.softmax_kernels:
-            estimates = filtered / kernels.sum(dim=2).clamp_min(1e-20)
-        else:
-            estimates = filtered
+        estimates = None
+        if with_estimates:
+            estimates = filtered / kernels.sum(dim=2).clamp_min(1e-20) if self.cfg.softmax_kernels else filtered
         if self.cfg.attention:
             weights = torch.sigmoid(self.weight_head(features))
             filtered = weights * filtered + (1.0 - weights) * residuals
-            estimates = weights * estimates + (1.0 - weights) * residuals
+            if with_estimates:
+                estimates = weights * estimates + (1.0 - weights) * residuals
         return filtered.mean(dim=1, keepdim=True), estimates
-
-    def forward(self, burst: Tensor, noise_map: Tensor) -> Tensor:
-        return self.forward_train(burst, noise_map)[0]

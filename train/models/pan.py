@@ -48,6 +48,13 @@ class PixelAggregationNet(nn.Module):
 
     def forward_train(self, burst: Tensor, noise_map: Tensor) -> tuple[Tensor, Tensor]:
         """-> (denoised [B,1,H,W], group estimates Y_i of eq. 10 [B,groups,H,W])."""
+        return self._run(burst, noise_map, with_estimates=True)
+
+    def forward(self, burst: Tensor, noise_map: Tensor) -> Tensor:
+        # inference (and export) skips the group estimates, which only the annealed loss term uses
+        return self._run(burst, noise_map, with_estimates=False)[0]
+
+    def _run(self, burst: Tensor, noise_map: Tensor, with_estimates: bool) -> tuple[Tensor, Tensor | None]:
         b, t, h, w = burst.shape
         s, g = self.cfg.samples, self.cfg.groups
         x = torch.cat([burst, noise_map], dim=1)
@@ -61,9 +68,8 @@ class PixelAggregationNet(nn.Module):
         # group's own share of the softmax weight, so that a group is an estimate by itself whatever
         # share the output gives it (the papers' unnormalised weights make no such distinction;
         # multiplying by g instead pinned every share at 1/g while the term was large).
-        shares = weights.view(b, g, s // g, h, w).sum(dim=2).clamp_min(1e-20)
-        groups = weighted.view(b, g, s // g, h, w).sum(dim=2) / shares
+        groups = None
+        if with_estimates:
+            shares = weights.view(b, g, s // g, h, w).sum(dim=2).clamp_min(1e-20)
+            groups = weighted.view(b, g, s // g, h, w).sum(dim=2) / shares
         return weighted.sum(dim=1, keepdim=True), groups
-
-    def forward(self, burst: Tensor, noise_map: Tensor) -> Tensor:
-        return self.forward_train(burst, noise_map)[0]
