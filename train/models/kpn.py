@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -31,23 +33,47 @@ class KernelPredictionNet(nn.Module):
             self.kernel_head = nn.Conv2d(f, n * k * k, 3, padding=1)
         self._init_identity_kernels()
 
-    # Centre-tap logit of the initial softmax kernels: e^4 / (e^4 + K*K - 1) = 69% of each frame's
-    # weight on its centre pixel for K = 5 (the rest spread over the window).
+    # Initial softmax kernels: each frame's weight sits 69% on its centre pixel (logit 4 against 0 for
+    # the other K*K-1 taps, for K = 5), and the reference frame holds half of the pixel's weight. So an
+    # untrained net outputs (about) half the noisy reference plus half the mean of the other frames.
+    # Why not the burst mean (equal shares, as before): our bursts are misaligned by up to 16 px, their
+    # mean is a blur at 19 dB, and the nets sat there for 1000-1500 CPU steps before learning to favour
+    # the reference (measured on KPN and AME-KPN in the CPU trainings of issue 8).
     SOFTMAX_CENTRE_LOGIT = 4.0
+    INITIAL_REFERENCE_SHARE = 0.5
+    # AME-KPN's eq. 4 blend starts at sigmoid(3) = 95% kernels, 5% residual branch: with the default
+    # bias 0 the untrained residuals (about 0) took half the output and halved its brightness.
+    INITIAL_WEIGHT_LOGIT = 3.0
 
     def _init_identity_kernels(self) -> None:
-        """Start every predicted kernel as (close to) the identity, the same for every frame, so that
-        the untrained net outputs (about) the burst mean: with default init the raw kernels' sums are far
-        from 1 and the first losses are ~1000x the noise level, which costs thousands of CPU steps.
-        Raw kernels: zero weights, centre-tap bias 1 (exactly the burst mean). Softmax kernels: zero
-        weights, centre logit SOFTMAX_CENTRE_LOGIT."""
+        """Start every predicted kernel as (close to) the identity, so that the untrained net outputs a
+        sensible image: with default init the raw kernels' sums are far from 1 and the first losses are
+        ~1000x the noise level, which costs thousands of CPU steps.
+        Raw kernels (the papers'): zero weights, centre-tap bias 1, the same for every frame (exactly the
+        burst mean). Softmax kernels: zero weights, centre logits as above, the reference's raised so it
+        holds INITIAL_REFERENCE_SHARE of the weight."""
         n, k2 = self.cfg.frames, self.cfg.kernel_size**2
         head = self.kernel_residual_head if self.cfg.attention else self.kernel_head
         with torch.no_grad():
             head.weight[: n * k2].zero_()
             head.bias[: n * k2].zero_()
-            centre = self.SOFTMAX_CENTRE_LOGIT if self.cfg.softmax_kernels else 1.0
-            head.bias[: n * k2].view(n, k2)[:, k2 // 2] = centre
+            centres = head.bias[: n * k2].view(n, k2)[:, k2 // 2]
+            if self.cfg.softmax_kernels:
+                centres.fill_(self.SOFTMAX_CENTRE_LOGIT)
+                centres[self.cfg.reference_index] = self.reference_centre_logit(n, k2)
+            else:
+                centres.fill_(1.0)
+            if self.cfg.attention:
+                self.weight_head.bias.fill_(self.INITIAL_WEIGHT_LOGIT)
+
+    @classmethod
+    def reference_centre_logit(cls, frames: int, taps: int) -> float:
+        """Centre logit c_r giving the reference frame INITIAL_REFERENCE_SHARE of the softmax weight:
+        its frame sums to e^c_r + taps - 1, each other frame to e^c + taps - 1 (c = SOFTMAX_CENTRE_LOGIT)."""
+        share = cls.INITIAL_REFERENCE_SHARE
+        other = math.exp(cls.SOFTMAX_CENTRE_LOGIT) + taps - 1
+        reference = share * (frames - 1) * other / (1.0 - share)
+        return math.log(reference - (taps - 1))
 
     def forward_train(self, burst: Tensor, noise_map: Tensor) -> tuple[Tensor, Tensor]:
         """-> (denoised [B,1,H,W], per-frame estimates Y_i [B,N,H,W] for the annealed loss term)."""
