@@ -1,6 +1,5 @@
 """The model families: shapes, sizes, the papers' reconstruction formulas, receptive field, configs."""
 
-import math
 from dataclasses import replace
 
 import pytest
@@ -203,18 +202,19 @@ def test_st_pan_group_estimates_are_normalised_by_their_share():
 @pytest.mark.parametrize("family", ["kpn", "ame-kpn"])
 def test_fresh_softmax_kpn_gives_the_reference_half_the_weight(family):
     """Fresh softmax kernels: the reference frame holds INITIAL_REFERENCE_SHARE of each pixel's weight
-    and the other frames share the rest equally; AME-KPN's blend starts at sigmoid(INITIAL_WEIGHT_LOGIT)."""
+    and the other frames share the rest equally (AME-KPN: with its eq. 4 blend fixed at 1/2 and the
+    residual branch at 0, so only the kernels show)."""
     torch.manual_seed(5)
     cfg = default_config(family)
     model = build_model(cfg).eval()
     n, k2 = cfg.frames, cfg.kernel_size**2
     blend = 1.0
-    if cfg.attention:  # silence what varies per pixel: the weight logits and the residual branch
+    if cfg.attention:
+        _zero_head(model.weight_head)  # sigmoid(0) = 1/2 everywhere
         with torch.no_grad():
-            model.weight_head.weight.zero_()
             model.kernel_residual_head.weight[n * k2 :].zero_()
             model.kernel_residual_head.bias[n * k2 :].zero_()
-        blend = 1.0 / (1.0 + math.exp(-model.INITIAL_WEIGHT_LOGIT))
+        blend = 0.5
     values = torch.linspace(0.2, 0.9, n)  # frame i is constant values[i]; the reference is frame 0
     burst = values.view(1, n, 1, 1).expand(1, n, 16, 16).contiguous()
     out = model(burst, torch.full((1, 1, 16, 16), 0.03))[0, 0, 2:-2, 2:-2]

@@ -41,9 +41,6 @@ class KernelPredictionNet(nn.Module):
     # the reference (measured on KPN and AME-KPN in the CPU trainings of issue 8).
     SOFTMAX_CENTRE_LOGIT = 4.0
     INITIAL_REFERENCE_SHARE = 0.5
-    # AME-KPN's eq. 4 blend starts at sigmoid(3) = 95% kernels, 5% residual branch: with the default
-    # bias 0 the untrained residuals (about 0) took half the output and halved its brightness.
-    INITIAL_WEIGHT_LOGIT = 3.0
 
     def _init_identity_kernels(self) -> None:
         """Start every predicted kernel as (close to) the identity, so that the untrained net outputs a
@@ -63,8 +60,6 @@ class KernelPredictionNet(nn.Module):
                 centres[self.cfg.reference_index] = self.reference_centre_logit(n, k2)
             else:
                 centres.fill_(1.0)
-            if self.cfg.attention:
-                self.weight_head.bias.fill_(self.INITIAL_WEIGHT_LOGIT)
 
     @classmethod
     def reference_centre_logit(cls, frames: int, taps: int) -> float:
