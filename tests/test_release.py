@@ -68,3 +68,6 @@ def test_train_command_round_trips_the_options():
     assert opts["--model"] == "st-pan" and opts["--iters"] == "3500" and opts["--crop"] == "64"
     assert opts["--batch-size"] == "8" and float(opts["--lr"]) == 3e-4 and opts["--out"] == "models/st-pan-small.pt"
     assert opts["--noise-range"] == "wide" and opts["--downsample"] == "2"
+    # a run stopped by hand at step 2750 of its 3500: the command ends where the weights are
+    stopped = dict(zip(*[iter(shlex.split(train_command(args, "m.pt", steps=2750))[1:])] * 2))
+    assert stopped["--iters"] == "2750" and stopped["--crop"] == "64"

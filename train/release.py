@@ -34,11 +34,16 @@ _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), 
                 ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
 
 
-def train_command(train_args: dict, out: str) -> str:
+def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     """The `kpn-train` command line(s) that reproduce a run (torchrun/DDP runs: per-process batch): a run
     with stages (a --resume that changed --downsample) is its first command, then one --resume per stage,
-    joined by " && "."""
+    joined by " && ". `steps`: where the run was stopped, if before its --iters; the command then ends
+    there, which gives the same weights, since the epoch length is explicit in the command and each
+    batch depends only on (seed, rank, step) (tests/test_train.py::test_resume_equals_uninterrupted_run)."""
     stages = train_args.get("stages") or []
+    train_args = dict(train_args)
+    if steps is not None:
+        train_args["iters"] = steps
     first = dict(train_args)
     if stages:
         first["downsample"] = stages[0]["previous"]
@@ -111,7 +116,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
         "sha256": {path.name: sha256_file(path) for path in files.values()},
         "config": cfg,
         "training": {
-            "command": train_command(train_args, f"models/{name}.pt"),
+            "command": train_command(train_args, f"models/{name}.pt", steps=int(ckpt.get("step", 0))),
             "resume": f"kpn-train --model {cfg['family']} --resume models/{name}.pt --iters MORE --out models/{name}.pt",
             "steps": int(ckpt.get("step", 0)),
             "batch_size": train_args.get("batch_size"),
