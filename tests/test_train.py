@@ -195,3 +195,19 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     good = tmp_path / "good.pt"
     train(TrainArgs(model="pan", iters=1, out=str(good), **TINY))
     _one_line_error(_cli("--model", "kpn", "--resume", str(good), "--out", out), "holds a pan model")
+
+
+def test_code_commit_is_read_once_per_process(monkeypatch):
+    """A `git pull` in the checkout during a long run must not relabel its later checkpoints: the commit
+    is read once (the trainer asks at start) and kept."""
+    import subprocess
+
+    from train.checkpoint import code_commit
+
+    first = code_commit()
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("git was asked again")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert code_commit() == first

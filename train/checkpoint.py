@@ -6,6 +6,7 @@ scheduler, step, metrics, versions, train_args, and any extra keys a trainer add
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import tempfile
@@ -33,15 +34,18 @@ def _versions() -> dict[str, str]:
     except PackageNotFoundError:
         kpn = "unknown"
     versions = {"kpn-deploy": kpn, "torch": str(torch.__version__), "python": platform.python_version()}
-    commit = _git_commit()
+    commit = code_commit()
     if commit:
         versions["kpn-deploy-git"] = commit
     return versions
 
 
-def _git_commit() -> str | None:
+@functools.cache
+def code_commit() -> str | None:
     """The commit of the kpn-deploy checkout this code runs from ("+dirty" with uncommitted changes), so a
-    checkpoint names the exact code that trained it; None outside a git checkout or without git."""
+    checkpoint names the exact code that trained it; None outside a git checkout or without git.
+    Read once per process (the trainer asks at start): the code that runs is what was imported, and a
+    `git pull` in the checkout during a long run must not relabel its later checkpoints."""
     import subprocess
 
     root = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, code_commit, read_checkpoint, save_checkpoint
 from .data import DOWNSAMPLE, NOISE_RANGES, VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
 from .losses import loss_for_family
 from .metrics import psnr_gamma, ssim_gamma
@@ -204,6 +204,7 @@ def train(args: TrainArgs, console=None) -> dict:
     CheckpointError for user errors."""
     from rich.console import Console
 
+    code_commit()  # the commit of the code that was imported, read now, before a long run (train.checkpoint)
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     console = console or Console(stderr=True, quiet=args.quiet or rank != 0)
