@@ -269,8 +269,11 @@ def _training_info(model, ckpt: dict) -> dict:
     for key in ("batch_size", "crop", "noise_range", "data"):
         if args.get(key) is not None:
             info[f"training_{key}"] = args[key]
-    if args.get("stages"):
-        info["training_stages"] = args["stages"]
+    stages = args.get("stages") or []
+    if stages:
+        info["training_stages"] = stages
+    if args:  # the run's first downsampling (a stage changes it later; runs before the option had 4)
+        info["training_downsample"] = stages[0]["previous"] if stages else (args.get("downsample") or 4)
     if metrics.get("wall_seconds") is not None:
         info["training_wall_seconds"] = round(float(metrics["wall_seconds"]))
     return info

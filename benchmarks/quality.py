@@ -337,6 +337,8 @@ def why_numbers_differ(models: list[dict]) -> str:
         steps = f"{int(m['training_step'])} steps"
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
+        if m.get("training_downsample"):
+            steps += f" at downsample {m['training_downsample']}"
         parts.append(steps)
         for stage in m.get("training_stages") or []:
             parts.append(f"from step {stage['from_step']} at downsample {stage['downsample']}")

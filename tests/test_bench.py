@@ -35,7 +35,9 @@ def kpn_ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     cfg = default_config("kpn", "small")
     ckpt = d / "kpn.pt"
-    save_checkpoint(ckpt, build_model(cfg), cfg)
+    # as a run of 2 steps at downsample 2, then a stage at 1 (what the report's "why" sentence reads)
+    stages = [{"from_step": 1, "downsample": 1, "previous": 2}]
+    save_checkpoint(ckpt, build_model(cfg), cfg, step=2, train_args={"batch_size": 2, "crop": 16, "downsample": 1, "stages": stages})
     export_onnx(ckpt, d / "kpn.onnx")
     return ckpt
 
@@ -181,6 +183,8 @@ def test_quality_command(kpn_ckpt, tmp_path):
     n_params = sum(t.numel() for t in torch.load(kpn_ckpt, weights_only=True)["model"].values())
     assert model["parameters"] == n_params and model["training_step"] is not None
     assert f"kpn (small width, {n_params / 1e6:.2f}M parameters, {model['training_step']} steps" in md
+    assert model["training_downsample"] == 2
+    assert "2 steps of 2 bursts of 16x16 at downsample 2, from step 1 at downsample 1" in md
     assert (out / "quality_crops.png").read_bytes().startswith(PNG_MAGIC)
 
 
