@@ -41,9 +41,7 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     there, which gives the same weights, since the epoch length is explicit in the command and each
     batch depends only on (seed, rank, step) (tests/test_train.py::test_resume_equals_uninterrupted_run)."""
     stages = train_args.get("stages") or []
-    train_args = dict(train_args)
-    if steps is not None:
-        train_args["iters"] = steps
+    train_args = {**train_args, "iters": steps if steps is not None else train_args.get("iters")}
     first = dict(train_args)
     if stages:
         first["downsample"] = stages[0]["previous"]
@@ -108,6 +106,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
     if validation:
         validation["mean_psnr"] = round(sum(v["psnr"] for v in val.values()) / len(val), 3)
     data = train_args.get("data", "builtin")
+    steps = int(ckpt.get("step", 0))
     return {
         "name": name,
         "family": cfg["family"],
@@ -116,9 +115,9 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
         "sha256": {path.name: sha256_file(path) for path in files.values()},
         "config": cfg,
         "training": {
-            "command": train_command(train_args, f"models/{name}.pt", steps=int(ckpt.get("step", 0))),
+            "command": train_command(train_args, f"models/{name}.pt", steps=steps),
             "resume": f"kpn-train --model {cfg['family']} --resume models/{name}.pt --iters MORE --out models/{name}.pt",
-            "steps": int(ckpt.get("step", 0)),
+            "steps": steps,
             "batch_size": train_args.get("batch_size"),
             "crop": train_args.get("crop"),
             "world_size": train_args.get("world_size", 1),
