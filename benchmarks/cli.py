@@ -95,7 +95,7 @@ def quality_cmd(
     tune_crops: int = typer.Option(4, "--tune-crops", help="tuning bursts per gain (from the training split)"),
     frames: int = typer.Option(8, "--frames", help="frames per test burst (models take the first N they need)"),
     motion: str = typer.Option("paper", "--motion", help="offsets of the test and tuning bursts: paper (AME-KPN 3.1), "
-                               "walk (video-like) or large (every frame from the big [-64,64] range)"),
+                               "walk (video-like), large (every frame from the big [-64,64] range) or still (no motion: a tripod burst)"),
     threads: int = typer.Option(os.cpu_count() or 1, "--threads", help="CPU threads"),
     seed: int = typer.Option(0, "--seed", help="seed of the test bursts (the tuning bursts use seed+1)"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="validation fraction of the train/val split (as kpn-train)"),

@@ -134,13 +134,13 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
                 seed: int, val_fraction: float, split_seed: int, need_tuning: bool,
                 motion: str = "paper") -> tuple[dict, dict, dict]:
     """-> (test {gain: (burst [V,N,h,w], nmap [V,1,h,w], clean [V,1,h,w]) numpy}, tuning (same), source info)."""
-    from train.data import DataError, VALIDATION_GAINS, load_source, validation_set
+    from train.data import MOTION_MODELS, DataError, VALIDATION_GAINS, load_source, validation_set
 
     for g in gains:
         if _gain_name(g) not in VALIDATION_GAINS:
             raise BenchError(f"--gains: {g} is not one of AME-KPN Table 1's gains (1, 2, 3, 4)")
-    if motion not in ("paper", "walk", "large"):
-        raise BenchError(f"--motion {motion}: choose paper, walk or large")
+    if motion not in MOTION_MODELS:
+        raise BenchError(f"--motion {motion}: choose {', '.join(MOTION_MODELS)}")
     if test_crops < 1 or crop < 8:
         raise BenchError("--test-crops must be >= 1 and --crop >= 8")
     source = "builtin" if images == "builtin-test" else images

@@ -190,5 +190,5 @@ def test_quality_command(kpn_ckpt, tmp_path):
 
 def test_quality_rejects_unknown_motion(kpn_ckpt, tmp_path):
     r = _invoke(["quality", "--models", str(kpn_ckpt), "--motion", "teleport", "--out", str(tmp_path / "q")])
-    assert r.exit_code != 0 and "--motion teleport: choose paper, walk or large" in r.output
+    assert r.exit_code != 0 and "--motion teleport: choose paper, walk, large, still" in r.output
     assert not (tmp_path / "q" / "quality.json").exists()

@@ -258,3 +258,15 @@ def test_large_motion_draws_every_frame_from_the_big_range():
     # uniform on [-64, 64]^2: both |dy|, |dx| <= 8 with probability (17/129)^2 < 2%
     assert frac(big) > 0.9 and frac(paper) < 0.5
     assert all(np.concatenate(big) <= D.BIG_JITTER)
+
+
+def test_still_motion_aligns_every_frame_so_the_burst_mean_gains_ten_log_n():
+    rng = np.random.default_rng(0)
+    assert not D.sample_offsets(rng, 8, 3, "still").any()
+    clean = np.random.default_rng(1).uniform(0.1, 0.9, (256, 256))
+    burst, _, target = D.make_burst(clean, 8, 5e-3, 1e-3, np.random.default_rng(2), 0, 32, motion="still")
+    def psnr(x):  # linear space: the noise is independent per frame, so the mean of 8 frames has 1/8 its power
+        return 10 * np.log10(1.0 / np.mean((x - target[0]) ** 2))
+    assert abs(psnr(burst.mean(axis=0)) - psnr(burst[0]) - 10 * np.log10(8)) < 0.3
+    with pytest.raises(ValueError, match="unknown motion model 'teleport'"):
+        D.sample_offsets(rng, 8, 0, "teleport")

@@ -55,6 +55,9 @@ VALIDATION_GAINS: dict[str, tuple[float, float]] = {
     "gain3": (5e-2, 1e-2),
     "gain4": (8e-2, 2.3e-2),
 }
+# Offset models of sample_offsets: "paper" and "walk" train; "large" (every frame from the big range) and
+# "still" (no motion: a tripod or a perfectly aligned burst) are test conditions for the benchmarks.
+MOTION_MODELS = ("paper", "walk", "large", "still")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 # scikit-image's bundled natural photographs (shipped inside the wheel, no download), with the licence
@@ -115,8 +118,10 @@ def sample_offsets(
     small: int = SMALL_JITTER,
 ) -> np.ndarray:
     """Integer (dy, dx) per frame [frames, 2], zero for the reference (full-resolution pixels)."""
+    if motion not in MOTION_MODELS:
+        raise ValueError(f"unknown motion model {motion!r}; choose {', '.join(MOTION_MODELS)}")
     offsets = np.zeros((frames, 2), dtype=np.int64)
-    if frames <= 1:
+    if frames <= 1 or motion == "still":
         return offsets
     # "large": every frame from the big range (a stress test for alignment, not a training default)
     p_big = 1.0 if motion == "large" else min(rng.poisson(POISSON_LAMBDA) / frames, 1.0)
@@ -137,8 +142,6 @@ def sample_offsets(
             while 0 <= i < frames:
                 offsets[i] = offsets[i - direction] + draw(b, s)
                 i += direction
-    else:
-        raise ValueError(f"unknown motion model {motion!r}; choose 'paper', 'walk' or 'large'")
     return offsets
 
 
