@@ -264,16 +264,21 @@ def _spec_from_onnx(path: Path, name: Optional[str] = None) -> ModelSpec:
 
 def _training_info(model, ckpt: dict) -> dict:
     """What a report needs to say how a checkpoint was trained (absent fields are left out)."""
+    from train.trainer import first_stage_values, stage_changes
+
     args, metrics = ckpt.get("train_args") or {}, ckpt.get("metrics") or {}
     info = {"parameters": sum(p.numel() for p in model.parameters())}
     for key in ("batch_size", "crop", "noise_range", "data"):
         if args.get(key) is not None:
             info[f"training_{key}"] = args[key]
-    stages = args.get("stages") or []
+    stages = [{"from_step": int(s["from_step"]), "set": stage_changes(s)[0]} for s in args.get("stages") or []]
     if stages:
         info["training_stages"] = stages
-    if args:  # the run's first downsampling (a stage changes it later; runs before the option had 4)
-        info["training_downsample"] = stages[0]["previous"] if stages else (args.get("downsample") or 4)
+    if args:  # how the run started (its stages change these later)
+        first = first_stage_values(args)
+        info["training_downsample"] = first["downsample"]
+        if first["still_fraction"]:
+            info["training_still_fraction"] = first["still_fraction"]
     if metrics.get("wall_seconds") is not None:
         info["training_wall_seconds"] = round(float(metrics["wall_seconds"]))
     return info

@@ -325,6 +325,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stage_words(field: str, value) -> str:
+    """How the sentence below says what a stage of a training run changed (train.trainer.STAGE_FIELDS)."""
+    if field == "downsample":
+        return f"at downsample {value}"
+    if field == "still_fraction":
+        return f"with {100 * value:.0f}% still bursts"
+    return f"with {field} {value}"
+
+
 def why_numbers_differ(models: list[dict]) -> str:
     """The sentence the paper's table needs beside ours: how each side was trained and tested."""
     ours = []
@@ -339,9 +348,11 @@ def why_numbers_differ(models: list[dict]) -> str:
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
         if m.get("training_downsample"):
             steps += f" at downsample {m['training_downsample']}"
+        if m.get("training_still_fraction"):
+            steps += f" with {100 * m['training_still_fraction']:.0f}% still bursts"
         parts.append(steps)
         for stage in m.get("training_stages") or []:
-            parts.append(f"from step {stage['from_step']} at downsample {stage['downsample']}")
+            parts.append(f"from step {stage['from_step']} " + " and ".join(_stage_words(k, v) for k, v in stage["set"].items()))
         if m.get("training_noise_range"):
             parts.append(f"noise range {m['training_noise_range']}")
         if m.get("training_wall_seconds"):

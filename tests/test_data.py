@@ -270,3 +270,14 @@ def test_still_motion_aligns_every_frame_so_the_burst_mean_gains_ten_log_n():
     assert abs(psnr(burst.mean(axis=0)) - psnr(burst[0]) - 10 * np.log10(8)) < 0.3
     with pytest.raises(ValueError, match="unknown motion model 'teleport'"):
         D.sample_offsets(rng, 8, 0, "teleport")
+
+
+def test_still_fraction_is_the_share_of_bursts_without_motion():
+    rng = np.random.default_rng(0)
+    draws = [D.sample_offsets(rng, 8, 0, "paper", still_fraction=0.5) for _ in range(400)]
+    still = np.mean([not d.any() for d in draws])
+    assert 0.42 < still < 0.58  # binomial(400, 0.5): sd 0.025
+    assert np.mean([not D.sample_offsets(rng, 8, 0, "paper").any() for _ in range(400)]) < 0.01
+    # without it the random stream is the one runs before the option drew
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert np.array_equal(D.sample_offsets(a, 8, 0, "paper", still_fraction=0.0), D.sample_offsets(b, 8, 0, "paper"))

@@ -17,7 +17,9 @@ The reference goes at `reference_index`: first for KPN/AME-KPN, the middle (T //
 for ST-PAN, whose other frames take the same offset model (`motion="paper"`, the default). With
 `motion="walk"` the frames of a clip move cumulatively outward from the reference instead, each step
 drawn from the same model at half the amplitude (so the farthest frame stays within +-64 pixels):
-smoother, video-like motion. PAN (T = 1) gets the reference alone.
+smoother, video-like motion. PAN (T = 1) gets the reference alone. With `still_fraction` f > 0 (kpn-train
+--still-fraction), a fraction f of the training bursts have no motion at all: with the papers' motion
+alone our short runs learned to ignore the other frames (issue 8's note), which aligned bursts undo.
 
 Images are sRGB-encoded (8-bit, 16-bit or float in [0, 1]) and are linearised with the inverse sRGB
 gamma (train.metrics.srgb_to_linear). Models are single-channel (colour is denoised channel by
@@ -116,11 +118,16 @@ def sample_offsets(
     motion: str = "paper",
     big: int = BIG_JITTER,
     small: int = SMALL_JITTER,
+    still_fraction: float = 0.0,
 ) -> np.ndarray:
-    """Integer (dy, dx) per frame [frames, 2], zero for the reference (full-resolution pixels)."""
+    """Integer (dy, dx) per frame [frames, 2], zero for the reference (full-resolution pixels).
+    `still_fraction`: the probability that the burst has no motion at all (drawn first, and only when
+    it is above 0, so that runs without it keep their random streams)."""
     if motion not in MOTION_MODELS:
         raise ValueError(f"unknown motion model {motion!r}; choose {', '.join(MOTION_MODELS)}")
     offsets = np.zeros((frames, 2), dtype=np.int64)
+    if still_fraction > 0 and rng.random() < still_fraction:
+        return offsets
     if frames <= 1 or motion == "still":
         return offsets
     # "large": every frame from the big range (a stress test for alignment, not a training default)
@@ -170,6 +177,7 @@ def make_burst(
     big_jitter: int = BIG_JITTER,
     small_jitter: int = SMALL_JITTER,
     noise_range: str = "paper",
+    still_fraction: float = 0.0,
 ):
     """One synthetic burst from a clean single-channel linear image [H, W] (full resolution).
 
@@ -177,8 +185,8 @@ def make_burst(
     like the input. `crop` is the output size (h, w) (None: the largest that fits); the reference
     window of (downsample*h) x (downsample*w) pixels needs `big_jitter` pixels of image on each side.
     `position` (top-left of the reference window) and `offsets` [N, 2] are drawn from `rng` when None;
-    `sigma_r`/`sigma_s` too (log-uniform in NOISE_RANGES[noise_range]) when None. Draw order: offsets, position,
-    noise parameters, noise.
+    `sigma_r`/`sigma_s` too (log-uniform in NOISE_RANGES[noise_range]) when None; drawn offsets are all
+    zero with probability `still_fraction`. Draw order: offsets, position, noise parameters, noise.
     """
     as_torch = isinstance(clean_linear, torch.Tensor)
     img = clean_linear.detach().cpu().numpy() if as_torch else np.asarray(clean_linear)
@@ -201,7 +209,7 @@ def make_burst(
             f"{downsample}*size + 2*{margin} pixels per side"
         )
     if offsets is None:
-        offsets = sample_offsets(rng, frames, reference_index, motion, big_jitter, small_jitter)
+        offsets = sample_offsets(rng, frames, reference_index, motion, big_jitter, small_jitter, still_fraction)
     offsets = np.asarray(offsets, dtype=np.int64)
     if offsets.shape != (frames, 2):
         raise ValueError(f"offsets must be [{frames}, 2], got {offsets.shape}")
@@ -360,11 +368,13 @@ class BurstSampler:
     """Draws training batches of synthetic bursts from a list of images."""
 
     def __init__(self, images: list[SourceImage], frames: int, reference_index: int, crop: int,
-                 downsample: int = DOWNSAMPLE, motion: str = "paper", noise_range: str = "paper"):
+                 downsample: int = DOWNSAMPLE, motion: str = "paper", noise_range: str = "paper",
+                 still_fraction: float = 0.0):
         if not images:
             raise DataError("no training images")
         self.frames, self.reference_index, self.crop = frames, reference_index, crop
         self.downsample, self.motion, self.noise_range = downsample, motion, noise_range
+        self.still_fraction = still_fraction
         self.window = downsample * crop + 2 * BIG_JITTER
         self.images = [_fit(im, self.window) for im in images]
 
@@ -375,7 +385,8 @@ class BurstSampler:
         y, x = int(rng.integers(h - self.window + 1)), int(rng.integers(w - self.window + 1))
         clean = image.linear(channel, (slice(y, y + self.window), slice(x, x + self.window)))
         return make_burst(clean, self.frames, None, None, rng, self.reference_index, self.crop,
-                          self.downsample, motion=self.motion, noise_range=self.noise_range)
+                          self.downsample, motion=self.motion, noise_range=self.noise_range,
+                          still_fraction=self.still_fraction)
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (burst [B, N, P, P], noise_map [B, 1, P, P], clean [B, 1, P, P]) float32 tensors."""

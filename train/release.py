@@ -22,6 +22,7 @@ from typing import Optional
 import typer
 
 from .data import BUILTIN_IMAGES, BUILTIN_VALIDATION, VALIDATION_GAINS
+from .trainer import first_stage_values, stage_changes
 from runtime.files import sha256_file
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
@@ -30,22 +31,22 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), ("iters", "--iters"),
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
-                ("downsample", "--downsample"), ("anneal_decay", "--anneal-decay"),
+                ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("anneal_decay", "--anneal-decay"),
                 ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
 
 
 def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     """The `kpn-train` command line(s) that reproduce a run (torchrun/DDP runs: per-process batch): a run
-    with stages (a --resume that changed --downsample) is its first command, then one --resume per stage,
-    joined by " && ". `steps`: where the run was stopped, if before its --iters; the command then ends
+    with stages (a --resume that changed --downsample or --still-fraction, train.trainer.STAGE_FIELDS) is
+    its first command, then one --resume per stage, joined by " && ". `steps`: where the run was stopped, if before its --iters; the command then ends
     there, which gives the same weights, since the epoch length is explicit in the command and each
     batch depends only on (seed, rank, step) (tests/test_train.py::test_resume_equals_uninterrupted_run)."""
     stages = train_args.get("stages") or []
     train_args = {**train_args, "iters": steps if steps is not None else train_args.get("iters")}
-    first = dict(train_args)
+    first = dict(train_args) | first_stage_values(train_args)
     if stages:
-        first["downsample"] = stages[0]["previous"]
         first["iters"] = stages[0]["from_step"]
+    flags = dict(_TRAIN_FLAGS)
     parts = ["kpn-train"]
     for field, flag in _TRAIN_FLAGS:
         value = first.get(field)
@@ -54,8 +55,8 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     commands = [" ".join(parts + ["--out", out])]
     for i, stage in enumerate(stages):
         until = stages[i + 1]["from_step"] if i + 1 < len(stages) else train_args.get("iters")
-        commands.append(f"kpn-train --model {train_args.get('model')} --resume {out} --iters {until} "
-                        f"--downsample {stage['downsample']} --out {out}")
+        changes = " ".join(f"{flags[name]} {value}" for name, value in stage_changes(stage)[0].items())
+        commands.append(f"kpn-train --model {train_args.get('model')} --resume {out} --iters {until} {changes} --out {out}")
     return " && ".join(commands)
 
 

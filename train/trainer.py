@@ -72,21 +72,45 @@ class TrainArgs:
     motion: str = "paper"
     noise_range: str = "paper"  # train.data.NOISE_RANGES
     # box-downsampling of the training bursts (validation keeps the papers' 4). None: 4, or on --resume the
-    # checkpoint's; a different value on --resume starts a new stage of the run, recorded in `stages`.
+    # checkpoint's. Like still_fraction, a different value on --resume starts a new stage (STAGE_FIELDS).
     downsample: int | None = None
-    stages: list = field(default_factory=list)  # [{"from_step", "downsample", "previous"}], in order
+    still_fraction: float | None = None  # share of bursts without motion; None: 0, or on --resume the checkpoint's
+    stages: list = field(default_factory=list)  # [{"from_step", "set": {field: new}, "previous": {field: old}}]
     anneal_decay: float | None = None  # None: the papers' 0.9998 (train.losses)
     quiet: bool = False
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
-                                       "epoch_iters", "motion", "noise_range", "downsample", "stages", "anneal_decay"),
+                                       "epoch_iters", "motion", "noise_range", "downsample", "still_fraction", "stages",
+                                       "anneal_decay"),
                          repr=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("RUN_FIELDS")
         return d
+
+
+# Run fields that a --resume may change, with the value a checkpoint without the field was trained with.
+# A change starts a new stage of the run (recorded in train_args["stages"]; train.release turns the
+# stages back into command lines).
+STAGE_FIELDS = {"downsample": DOWNSAMPLE, "still_fraction": 0.0}
+
+
+def stage_changes(stage: dict) -> tuple[dict, dict]:
+    """-> ({field: new value}, {field: previous value}) of one entry of train_args["stages"]. Reads the
+    first format too ({"from_step", "downsample", "previous"}: checkpoints that changed only --downsample)."""
+    if isinstance(stage.get("set"), dict):
+        return dict(stage["set"]), dict(stage.get("previous") or {})
+    return {"downsample": stage["downsample"]}, {"downsample": stage["previous"]}
+
+
+def first_stage_values(train_args: dict) -> dict:
+    """{field: value} of STAGE_FIELDS that a run started with, before its stages changed them."""
+    values = {name: unset if train_args.get(name) is None else train_args[name] for name, unset in STAGE_FIELDS.items()}
+    for stage in reversed(train_args.get("stages") or []):
+        values.update(stage_changes(stage)[1])
+    return values
 
 
 def lr_lambda_factory(decay: float, floor: float, epoch_iters: int):
@@ -144,18 +168,23 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         family = (ckpt.get("config") or {}).get("family")
         if family != args.model:
             raise TrainError(f"{args.resume}: checkpoint holds a {family} model, not {args.model}; pass --model {family}")
-        asked_downsample = args.downsample
+        asked = {name: getattr(args, name) for name in STAGE_FIELDS}
         for name in args.RUN_FIELDS:
             if name in saved:
                 setattr(args, name, saved[name])
-        before = saved.get("downsample") or DOWNSAMPLE  # checkpoints from before the option trained at 4
-        args.downsample = before
-        if asked_downsample is not None and asked_downsample != before:
-            args.downsample = asked_downsample
-            args.stages = list(args.stages) + [
-                {"from_step": int(ckpt.get("step", 0)), "downsample": asked_downsample, "previous": before}]
-    if args.downsample is None:
-        args.downsample = DOWNSAMPLE
+        changed, previous = {}, {}
+        for name, unset in STAGE_FIELDS.items():
+            before = saved.get(name)
+            before = unset if before is None else before  # checkpoints from before the option
+            setattr(args, name, before)
+            if asked[name] is not None and asked[name] != before:
+                setattr(args, name, asked[name])
+                changed[name], previous[name] = asked[name], before
+        if changed:
+            args.stages = list(args.stages) + [{"from_step": int(ckpt.get("step", 0)), "set": changed, "previous": previous}]
+    for name, unset in STAGE_FIELDS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, unset)
     if args.model not in LR_SCHEDULES:
         raise TrainError(f"unknown model {args.model!r}; choose one of {', '.join(LR_SCHEDULES)}")
     if args.width not in ("small", "paper"):
@@ -169,6 +198,8 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         raise TrainError(f"unknown noise range {args.noise_range!r}; choose {' or '.join(NOISE_RANGES)}")
     if args.downsample not in (1, 2, 4):
         raise TrainError(f"--downsample {args.downsample}: choose 1, 2 or 4")
+    if not 0.0 <= args.still_fraction <= 1.0:
+        raise TrainError(f"--still-fraction {args.still_fraction}: choose a fraction in [0, 1]")
     lr0, _, _ = LR_SCHEDULES[args.model]
     if args.lr is None:
         args.lr = lr0
@@ -227,7 +258,7 @@ def train(args: TrainArgs, console=None) -> dict:
     try:
         train_images, val_images = load_source(args.data, args.val_fraction, args.split_seed)
         sampler = BurstSampler(train_images, cfg.frames, cfg.reference_index, args.crop, downsample=args.downsample,
-                               motion=args.motion, noise_range=args.noise_range)
+                               motion=args.motion, noise_range=args.noise_range, still_fraction=args.still_fraction)
         val = validation_set(val_images, cfg.frames, cfg.reference_index, args.val_crop,
                              per_image=args.val_per_image, seed=args.split_seed, motion=args.motion) if rank == 0 else None
 
@@ -316,4 +347,6 @@ def train(args: TrainArgs, console=None) -> dict:
             dist.destroy_process_group()
 
 
-__all__ = ["TrainArgs", "TrainError", "train", "evaluate", "LR_SCHEDULES", "DataError", "CheckpointError"]
+__all__ = ["TrainArgs", "TrainError", "train", "evaluate", "LR_SCHEDULES", "STAGE_FIELDS", "stage_changes",
+           "first_stage_values", "DataError",
+           "CheckpointError"]
