@@ -326,7 +326,7 @@ def markdown(result: dict) -> str:
 
 
 def _stage_words(field: str, value) -> str:
-    """How the sentence below says what a stage of a training run changed (train.trainer.STAGE_FIELDS)."""
+    """How the sentence below says a training setting that stages change (train.trainer.STAGE_FIELDS)."""
     if field == "downsample":
         return f"at downsample {value}"
     if field == "still_fraction":
@@ -346,10 +346,9 @@ def why_numbers_differ(models: list[dict]) -> str:
         steps = f"{int(m['training_step'])} steps"
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
-        if m.get("training_downsample"):
-            steps += f" at downsample {m['training_downsample']}"
-        if m.get("training_still_fraction"):
-            steps += f" with {100 * m['training_still_fraction']:.0f}% still bursts"
+        for field in ("downsample", "still_fraction"):
+            if m.get(f"training_{field}"):
+                steps += " " + _stage_words(field, m[f"training_{field}"])
         parts.append(steps)
         for stage in m.get("training_stages") or []:
             parts.append(f"from step {stage['from_step']} " + " and ".join(_stage_words(k, v) for k, v in stage["set"].items()))

@@ -38,8 +38,8 @@ _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), 
 def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     """The `kpn-train` command line(s) that reproduce a run (torchrun/DDP runs: per-process batch): a run
     with stages (a --resume that changed --downsample or --still-fraction, train.trainer.STAGE_FIELDS) is
-    its first command, then one --resume per stage, joined by " && ". `steps`: where the run was stopped, if before its --iters; the command then ends
-    there, which gives the same weights, since the epoch length is explicit in the command and each
+    its first command, then one --resume per stage, joined by " && ". `steps`: where the run was stopped,
+    if before its --iters; the command then ends there, which gives the same weights, since the epoch length is explicit in the command and each
     batch depends only on (seed, rank, step) (tests/test_train.py::test_resume_equals_uninterrupted_run)."""
     stages = train_args.get("stages") or []
     train_args = {**train_args, "iters": steps if steps is not None else train_args.get("iters")}
