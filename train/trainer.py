@@ -348,5 +348,4 @@ def train(args: TrainArgs, console=None) -> dict:
 
 
 __all__ = ["TrainArgs", "TrainError", "train", "evaluate", "LR_SCHEDULES", "STAGE_FIELDS", "stage_changes",
-           "first_stage_values", "DataError",
-           "CheckpointError"]
+           "first_stage_values", "DataError", "CheckpointError"]
