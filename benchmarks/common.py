@@ -279,6 +279,8 @@ def _training_info(model, ckpt: dict) -> dict:
         info["training_downsample"] = first["downsample"]
         if first["still_fraction"]:
             info["training_still_fraction"] = first["still_fraction"]
+        if first["lr_factor"] != 1.0:
+            info["training_lr_factor"] = first["lr_factor"]
     if metrics.get("wall_seconds") is not None:
         info["training_wall_seconds"] = round(float(metrics["wall_seconds"]))
     return info

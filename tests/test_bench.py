@@ -192,3 +192,17 @@ def test_quality_rejects_unknown_motion(kpn_ckpt, tmp_path):
     r = _invoke(["quality", "--models", str(kpn_ckpt), "--motion", "teleport", "--out", str(tmp_path / "q")])
     assert r.exit_code != 0 and "--motion teleport: choose paper, walk, large, still" in r.output
     assert not (tmp_path / "q" / "quality.json").exists()
+
+
+def test_report_words_each_training_stage():
+    from benchmarks.quality import why_numbers_differ
+
+    model = {"name": "m", "width": "small", "training_step": 12500, "training_batch_size": 8, "training_crop": 64,
+             "training_downsample": 2, "training_stages": [
+                 {"from_step": 4500, "set": {"downsample": 1}},
+                 {"from_step": 10250, "set": {"still_fraction": 0.5}},
+                 {"from_step": 12500, "set": {"lr_factor": 0.1}}]}
+    sentence = why_numbers_differ([model])
+    for words in ("12500 steps of 8 bursts of 64x64 at downsample 2", "from step 4500 at downsample 1",
+                  "from step 10250 with 50% still bursts", "from step 12500 at 0.1x the learning rate"):
+        assert words in sentence, (words, sentence)

@@ -10,7 +10,9 @@ Learning-rate schedules (Adam):
 - ST-PAN / PAN (ST-PAN IV.B): 2e-4, multiplied by 0.999991 per "epoch" until 1e-4 (= lr0/2). An
   epoch here is one iteration: over the paper's 2e5 iterations the rate halves after 77k iterations;
   a longer epoch would leave it nearly constant.
-A different --lr scales the floor with it (the ratios above).
+A different --lr scales the floor with it (the ratios above). `--lr-factor F` multiplies the whole
+schedule by F; on a --resume it starts a new stage (e.g. 0.1 for a final low-rate stage: the ST-PAN
+schedule above stays near its initial rate for the first 10k steps, so a short run ends at a high rate).
 
 Exact resume: the batch of step t on rank r is drawn from numpy's default_rng([seed, r, t]), so a
 resumed run needs no saved data-RNG state; the checkpoint carries weights, Adam state, scheduler
@@ -75,13 +77,14 @@ class TrainArgs:
     # checkpoint's. Like still_fraction, a different value on --resume starts a new stage (STAGE_FIELDS).
     downsample: int | None = None
     still_fraction: float | None = None  # share of bursts without motion; None: 0, or on --resume the checkpoint's
+    lr_factor: float | None = None  # multiplies the learning-rate schedule; None: 1, or on --resume the checkpoint's
     stages: list = field(default_factory=list)  # [{"from_step", "set": {field: new}, "previous": {field: old}}]
     anneal_decay: float | None = None  # None: the papers' 0.9998 (train.losses)
     quiet: bool = False
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
-                                       "epoch_iters", "motion", "noise_range", "downsample", "still_fraction", "stages",
+                                       "epoch_iters", "motion", "noise_range", "downsample", "still_fraction", "lr_factor", "stages",
                                        "anneal_decay"),
                          repr=False)
 
@@ -94,7 +97,7 @@ class TrainArgs:
 # Run fields that a --resume may change, with the value a checkpoint without the field was trained with.
 # A change starts a new stage of the run (recorded in train_args["stages"]; train.release turns the
 # stages back into command lines).
-STAGE_FIELDS = {"downsample": DOWNSAMPLE, "still_fraction": 0.0}
+STAGE_FIELDS = {"downsample": DOWNSAMPLE, "still_fraction": 0.0, "lr_factor": 1.0}
 
 
 def stage_changes(stage: dict) -> tuple[dict, dict]:
@@ -113,9 +116,9 @@ def first_stage_values(train_args: dict) -> dict:
     return values
 
 
-def lr_lambda_factory(decay: float, floor: float, epoch_iters: int):
+def lr_lambda_factory(decay: float, floor: float, epoch_iters: int, factor: float = 1.0):
     def f(step: int) -> float:
-        return max(decay ** (step // epoch_iters), floor)
+        return factor * max(decay ** (step // epoch_iters), floor)
 
     return f
 
@@ -200,6 +203,8 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         raise TrainError(f"--downsample {args.downsample}: choose 1, 2 or 4")
     if not 0.0 <= args.still_fraction <= 1.0:
         raise TrainError(f"--still-fraction {args.still_fraction}: choose a fraction in [0, 1]")
+    if not 0.0 < args.lr_factor <= 1e3:
+        raise TrainError(f"--lr-factor {args.lr_factor}: choose a factor above 0 (0.1: a tenth of the schedule's rate)")
     lr0, _, _ = LR_SCHEDULES[args.model]
     if args.lr is None:
         args.lr = lr0
@@ -266,7 +271,8 @@ def train(args: TrainArgs, console=None) -> dict:
         net = build_model(cfg).to(device)
         lr0, decay, floor = LR_SCHEDULES[cfg.family]
         optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_factory(decay, floor, args.epoch_iters))
+        lr_at = lr_lambda_factory(decay, floor, args.epoch_iters, args.lr_factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
         step, metrics = 0, {}
         if ckpt is not None:
             try:
@@ -278,6 +284,10 @@ def train(args: TrainArgs, console=None) -> dict:
             except Exception as exc:
                 raise CheckpointError(f"{args.resume}: cannot resume from it ({str(exc).splitlines()[0][:200]})") from None
             step, metrics = int(ckpt.get("step", 0)), dict(ckpt.get("metrics") or {})
+            # The optimizer's saved rate is the old stage's; the resumed step takes this stage's (the same
+            # number when --lr-factor is unchanged, so an exact resume stays exact).
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * lr_at(step)
             console.print(f"resumed {args.resume} at step {step} of {args.iters}")
         try:
             loss_fn = loss_for_family(cfg.family, args.anneal_decay)
