@@ -279,6 +279,8 @@ def _training_info(model, ckpt: dict) -> dict:
         info["training_downsample"] = first["downsample"]
         if first["still_fraction"]:
             info["training_still_fraction"] = first["still_fraction"]
+        if first["augment"] != "none":
+            info["training_augment"] = first["augment"]
         if first["lr_factor"] != 1.0:
             info["training_lr_factor"] = first["lr_factor"]
     if metrics.get("wall_seconds") is not None:

@@ -331,6 +331,8 @@ def _stage_words(field: str, value) -> str:
         return f"at downsample {value}"
     if field == "still_fraction":
         return f"with {100 * value:.0f}% still bursts"
+    if field == "augment":
+        return "with dihedral augmentation" if value == "dihedral" else "without augmentation"
     if field == "lr_factor":
         return f"at {value:g}x the learning rate"
     return f"with {field} {value}"
@@ -348,7 +350,7 @@ def why_numbers_differ(models: list[dict]) -> str:
         steps = f"{int(m['training_step'])} steps"
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
-        for field in ("downsample", "still_fraction", "lr_factor"):
+        for field in ("downsample", "still_fraction", "augment", "lr_factor"):
             if m.get(f"training_{field}"):
                 steps += " " + _stage_words(field, m[f"training_{field}"])
         parts.append(steps)

@@ -281,3 +281,38 @@ def test_still_fraction_is_the_share_of_bursts_without_motion():
     # without it the random stream is the one runs before the option drew
     a, b = np.random.default_rng(3), np.random.default_rng(3)
     assert np.array_equal(D.sample_offsets(a, 8, 0, "paper", still_fraction=0.0), D.sample_offsets(b, 8, 0, "paper"))
+
+
+def test_dihedral_gives_the_eight_symmetries_of_the_square():
+    img = np.arange(9.0).reshape(3, 3)  # 0 1 2 / 3 4 5 / 6 7 8
+    # naive: quarter turn counter-clockwise maps (y, x) -> (n-1-x, y), i.e. out[y, x] = img[x, n-1-y]
+    n = 3
+    turn = np.array([[img[x, n - 1 - y] for x in range(n)] for y in range(n)])
+    assert np.array_equal(D.dihedral(img, 1), turn)
+    assert np.array_equal(D.dihedral(img, 4), img.T)
+    variants = {D.dihedral(img, k).tobytes() for k in range(8)}
+    assert len(variants) == 8  # all distinct: the whole group
+
+
+def test_dihedral_augmentation_turns_the_training_window_before_the_burst_is_made():
+    train, _ = D.load_source("builtin")
+    s = D.BurstSampler(train[:2], 3, 0, 16, downsample=2, augment="dihedral")
+    plain = D.BurstSampler(train[:2], 3, 0, 16, downsample=2)
+    seen = set()
+    for t in range(24):
+        burst, nmap, clean = s.sample(np.random.default_rng([7, t]))
+        # replay the same draws by hand: image, channel, window, symmetry, then the burst
+        rng = np.random.default_rng([7, t])
+        image = plain.images[int(rng.integers(2))]
+        channel = int(rng.integers(image.pixels.shape[2]))
+        h, w = image.pixels.shape[:2]
+        y, x = int(rng.integers(h - plain.window + 1)), int(rng.integers(w - plain.window + 1))
+        window = image.linear(channel, (slice(y, y + plain.window), slice(x, x + plain.window)))
+        k = int(rng.integers(8))
+        seen.add(k)
+        expected = D.make_burst(D.dihedral(window, k), 3, None, None, rng, 0, 16, 2)
+        for got, want in zip((burst, nmap, clean), expected):
+            assert np.array_equal(got, want)
+    assert len(seen) >= 6
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        D.BurstSampler(train[:2], 3, 0, 16, augment="mirror")

@@ -86,7 +86,7 @@ def test_downsample_option_scales_the_training_bursts(tmp_path):
     assert resumed["step"] == 2 and resumed["train_args"]["downsample"] == 2 and resumed["train_args"]["stages"] == []
 
 
-def test_resume_with_new_downsample_still_fraction_or_lr_factor_is_a_stage_that_the_release_command_reproduces(tmp_path, monkeypatch):
+def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_reproduces(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from train.cli import app
@@ -96,23 +96,25 @@ def test_resume_with_new_downsample_still_fraction_or_lr_factor_is_a_stage_that_
     train(TrainArgs(model="pan", iters=2, out=str(staged), seed=5, **TINY))
     train(TrainArgs(model="pan", iters=3, resume=str(staged), downsample=2, out=str(staged), **TINY))
     train(TrainArgs(model="pan", iters=4, resume=str(staged), still_fraction=0.5, out=str(staged), **TINY))
-    train(TrainArgs(model="pan", iters=5, resume=str(staged), lr_factor=0.5, out=str(staged), **TINY))
+    train(TrainArgs(model="pan", iters=5, resume=str(staged), lr_factor=0.5, augment="dihedral", out=str(staged), **TINY))
     ckpt = torch.load(staged, weights_only=True)
     assert ckpt["train_args"]["downsample"] == 2 and ckpt["train_args"]["still_fraction"] == 0.5
     assert ckpt["train_args"]["lr_factor"] == 0.5
     assert ckpt["train_args"]["stages"] == [
         {"from_step": 2, "set": {"downsample": 2}, "previous": {"downsample": 4}},
         {"from_step": 3, "set": {"still_fraction": 0.5}, "previous": {"still_fraction": 0.0}},
-        {"from_step": 4, "set": {"lr_factor": 0.5}, "previous": {"lr_factor": 1.0}}]
+        {"from_step": 4, "set": {"augment": "dihedral", "lr_factor": 0.5},
+         "previous": {"augment": "none", "lr_factor": 1.0}}]
     lr0, decay, _ = LR_SCHEDULES["pan"]
     assert ckpt["metrics"]["lr"] == pytest.approx(0.5 * lr0 * decay**5)
     # the release's command lines, run as a user would, give the same weights bit for bit
     commands = train_command(ckpt["train_args"], "again.pt").split(" && ")
     assert len(commands) == 4 and "--iters 2 " in commands[0]
     assert "--downsample 4 " in commands[0] and "--still-fraction 0.0 " in commands[0] and "--lr-factor 1.0 " in commands[0]
+    assert "--augment none " in commands[0]
     assert commands[1] == "kpn-train --model pan --resume again.pt --iters 3 --downsample 2 --out again.pt"
     assert commands[2] == "kpn-train --model pan --resume again.pt --iters 4 --still-fraction 0.5 --out again.pt"
-    assert commands[3] == "kpn-train --model pan --resume again.pt --iters 5 --lr-factor 0.5 --out again.pt"
+    assert commands[3] == "kpn-train --model pan --resume again.pt --iters 5 --augment dihedral --lr-factor 0.5 --out again.pt"
     monkeypatch.chdir(tmp_path)
     for command in commands:
         argv = shlex.split(command)[1:] + ["--quiet", "--val-crop", "16", "--val-per-image", "1"]
@@ -131,7 +133,7 @@ def test_stages_in_the_first_format_still_read():
     old = {"from_step": 4500, "downsample": 1, "previous": 2}
     assert stage_changes(old) == ({"downsample": 1}, {"downsample": 2})
     args = {"model": "st-pan", "iters": 9000, "downsample": 1, "stages": [old]}
-    assert first_stage_values(args) == {"downsample": 2, "still_fraction": 0.0, "lr_factor": 1.0}
+    assert first_stage_values(args) == {"downsample": 2, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0}
     first, second = train_command(args, "m.pt").split(" && ")
     assert "--iters 4500 --downsample 2 " in first
     assert second == "kpn-train --model st-pan --resume m.pt --iters 9000 --downsample 1 --out m.pt"
@@ -215,6 +217,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     _one_line_error(_cli("--model", "kpn", "--downsample", "3", "--out", out), "--downsample 3", "choose 1, 2 or 4")
     _one_line_error(_cli("--model", "kpn", "--still-fraction", "1.5", "--out", out), "--still-fraction 1.5", "[0, 1]")
     _one_line_error(_cli("--model", "kpn", "--lr-factor", "0", "--out", out), "--lr-factor 0", "above 0")
+    _one_line_error(_cli("--model", "kpn", "--augment", "mirror", "--out", out), "unknown augmentation 'mirror'")
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(_cli("--model", "kpn", "--data", str(empty), "--out", out), str(empty), "no images")

@@ -20,6 +20,9 @@ drawn from the same model at half the amplitude (so the farthest frame stays wit
 smoother, video-like motion. PAN (T = 1) gets the reference alone. With `still_fraction` f > 0 (kpn-train
 --still-fraction), a fraction f of the training bursts have no motion at all: with the papers' motion
 alone our short runs learned to ignore the other frames (issue 8's note), which aligned bursts undo.
+With `augment="dihedral"` (kpn-train --augment) each training window is first turned by a random one of
+the square's 8 symmetries: eight photographs give little content, and noise and motion have no
+preferred orientation.
 
 Images are sRGB-encoded (8-bit, 16-bit or float in [0, 1]) and are linearised with the inverse sRGB
 gamma (train.metrics.srgb_to_linear). Models are single-channel (colour is denoised channel by
@@ -60,6 +63,9 @@ VALIDATION_GAINS: dict[str, tuple[float, float]] = {
 # Offset models of sample_offsets: "paper" and "walk" train; "large" (every frame from the big range) and
 # "still" (no motion: a tripod or a perfectly aligned burst) are test conditions for the benchmarks.
 MOTION_MODELS = ("paper", "walk", "large", "still")
+# Training-crop augmentations (kpn-train --augment): "dihedral" turns each source window by a random one
+# of the square's 8 symmetries (90-degree turns, with or without a transpose) before the burst is made.
+AUGMENTATIONS = ("none", "dihedral")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 # scikit-image's bundled natural photographs (shipped inside the wheel, no download), with the licence
@@ -99,6 +105,14 @@ def box_downsample(img: np.ndarray, factor: int) -> np.ndarray:
     if h % factor or w % factor:
         raise ValueError(f"box_downsample: size {h}x{w} is not a multiple of {factor}")
     return img.reshape(*lead, h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
+
+
+def dihedral(img: np.ndarray, k: int) -> np.ndarray:
+    """Symmetry k (0-7) of the square: k % 4 quarter turns of the last two axes, transposed for k >= 4."""
+    out = np.rot90(img, k % 4, axes=(-2, -1))
+    if k >= 4:
+        out = np.swapaxes(out, -2, -1)
+    return np.ascontiguousarray(out)
 
 
 def sample_noise_params(rng: np.random.Generator, noise_range: str = "paper") -> tuple[float, float]:
@@ -369,9 +383,12 @@ class BurstSampler:
 
     def __init__(self, images: list[SourceImage], frames: int, reference_index: int, crop: int,
                  downsample: int = DOWNSAMPLE, motion: str = "paper", noise_range: str = "paper",
-                 still_fraction: float = 0.0):
+                 still_fraction: float = 0.0, augment: str = "none"):
         if not images:
             raise DataError("no training images")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augment!r}; choose {' or '.join(AUGMENTATIONS)}")
+        self.augment = augment
         self.frames, self.reference_index, self.crop = frames, reference_index, crop
         self.downsample, self.motion, self.noise_range = downsample, motion, noise_range
         self.still_fraction = still_fraction
@@ -384,6 +401,8 @@ class BurstSampler:
         h, w = image.pixels.shape[:2]
         y, x = int(rng.integers(h - self.window + 1)), int(rng.integers(w - self.window + 1))
         clean = image.linear(channel, (slice(y, y + self.window), slice(x, x + self.window)))
+        if self.augment == "dihedral":  # drawn only when on, so that runs without it keep their streams
+            clean = dihedral(clean, int(rng.integers(8)))
         return make_burst(clean, self.frames, None, None, rng, self.reference_index, self.crop,
                           self.downsample, motion=self.motion, noise_range=self.noise_range,
                           still_fraction=self.still_fraction)

@@ -31,14 +31,14 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), ("iters", "--iters"),
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
-                ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("lr_factor", "--lr-factor"),
-                ("anneal_decay", "--anneal-decay"),
+                ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("augment", "--augment"),
+                ("lr_factor", "--lr-factor"), ("anneal_decay", "--anneal-decay"),
                 ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
 
 
 def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     """The `kpn-train` command line(s) that reproduce a run (torchrun/DDP runs: per-process batch): a run
-    with stages (a --resume that changed --downsample, --still-fraction or --lr-factor, train.trainer.STAGE_FIELDS) is
+    with stages (a --resume that changed a field of train.trainer.STAGE_FIELDS, e.g. --downsample) is
     its first command, then one --resume per stage, joined by " && ". `steps`: where the run was stopped,
     if before its --iters; the command then ends there, which gives the same weights, since the epoch length is explicit in the command and each
     batch depends only on (seed, rank, step) (tests/test_train.py::test_resume_equals_uninterrupted_run)."""
