@@ -264,7 +264,7 @@ def _spec_from_onnx(path: Path, name: Optional[str] = None) -> ModelSpec:
 
 def _training_info(model, ckpt: dict) -> dict:
     """What a report needs to say how a checkpoint was trained (absent fields are left out)."""
-    from train.trainer import first_stage_values, stage_changes
+    from train.trainer import STAGE_FIELDS, first_stage_values, stage_changes
 
     args, metrics = ckpt.get("train_args") or {}, ckpt.get("metrics") or {}
     info = {"parameters": sum(p.numel() for p in model.parameters())}
@@ -277,12 +277,9 @@ def _training_info(model, ckpt: dict) -> dict:
     if args:  # how the run started (its stages change these later)
         first = first_stage_values(args)
         info["training_downsample"] = first["downsample"]
-        if first["still_fraction"]:
-            info["training_still_fraction"] = first["still_fraction"]
-        if first["augment"] != "none":
-            info["training_augment"] = first["augment"]
-        if first["lr_factor"] != 1.0:
-            info["training_lr_factor"] = first["lr_factor"]
+        for name, unset in STAGE_FIELDS.items():  # the others only where they are not their default
+            if name != "downsample" and first[name] != unset:
+                info[f"training_{name}"] = first[name]
     if metrics.get("wall_seconds") is not None:
         info["training_wall_seconds"] = round(float(metrics["wall_seconds"]))
     return info

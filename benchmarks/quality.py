@@ -333,6 +333,8 @@ def _stage_words(field: str, value) -> str:
         return f"with {100 * value:.0f}% still bursts"
     if field == "augment":
         return "with dihedral augmentation" if value == "dihedral" else "without augmentation"
+    if field == "anneal_floor":
+        return f"with the annealed term held at {value:g} or more"
     if field == "lr_factor":
         return f"at {value:g}x the learning rate"
     return f"with {field} {value}"
@@ -340,6 +342,8 @@ def _stage_words(field: str, value) -> str:
 
 def why_numbers_differ(models: list[dict]) -> str:
     """The sentence the paper's table needs beside ours: how each side was trained and tested."""
+    from train.trainer import STAGE_FIELDS
+
     ours = []
     for m in models:
         if m.get("training_step") is None:
@@ -350,7 +354,7 @@ def why_numbers_differ(models: list[dict]) -> str:
         steps = f"{int(m['training_step'])} steps"
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
-        for field in ("downsample", "still_fraction", "augment", "lr_factor"):
+        for field in STAGE_FIELDS:
             if m.get(f"training_{field}"):
                 steps += " " + _stage_words(field, m[f"training_{field}"])
         parts.append(steps)

@@ -99,3 +99,16 @@ def test_anneal_decay_override_for_short_runs():
     assert loss_for_family("st-pan", 0.997).decay == 0.997
     with pytest.raises(ValueError, match="must be in"):
         loss_for_family("kpn", 1.5)
+
+
+def test_anneal_floor_holds_the_annealed_weight():
+    """--anneal-floor F: weight max(100 x decay^t, F), in the total as eq. 11 with that weight."""
+    held = loss_for_family("st-pan", 0.997, floor=0.3)
+    assert held.weight(0) == 100.0 and held.weight(1000) == pytest.approx(100 * 0.997**1000)
+    assert 100 * 0.997**3000 < 0.3 and held.weight(3000) == 0.3 and held.weight(12500) == 0.3
+    target, pred, aux = sample(7, (1, 1, 4, 5)), sample(8, (1, 1, 4, 5)), sample(9, (1, 3, 4, 5))
+    total, _ = held(pred, aux, target, 12500)
+    expect = eq9(pred, target) + 0.3 * sum(eq9(aux[:, i : i + 1], target) for i in range(3))
+    assert float(total) == pytest.approx(expect, rel=1e-12)
+    with pytest.raises(ValueError, match="floor"):
+        loss_for_family("kpn", 0.997, floor=-1)

@@ -39,6 +39,7 @@ def run(
     augment: Optional[str] = typer.Option(None, "--augment", help="none (default) or dihedral: each training window turned by a random one of the square's 8 symmetries (90-degree turns, transposes). With --resume, a new value starts a new stage of the run"),
     lr_factor: Optional[float] = typer.Option(None, "--lr-factor", help="multiplies the learning-rate schedule (default 1); with --resume, a new value starts a new stage of the run, e.g. 0.1 for a final low-rate stage"),
     anneal_decay: Optional[float] = typer.Option(None, "--anneal-decay", help="decay per step of the annealed per-frame/per-group loss term (default: the papers' 0.9998, made for ~100k-step runs; e.g. 0.997 for a few thousand steps)"),
+    anneal_floor: Optional[float] = typer.Option(None, "--anneal-floor", help="the annealed term's weight never falls below this (default 0): the per-frame/per-group estimates keep training every frame's kernels or offsets. With --resume, a new value starts a new stage of the run"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress or validation lines"),
 ) -> None:
     """Train a denoiser on synthetic bursts and write a checkpoint that kpn-export reads."""
@@ -50,7 +51,8 @@ def run(
                      out=out, resume=resume, device=device, seed=seed, val_every=val_every, ckpt_every=ckpt_every,
                      frames=frames, val_crop=val_crop, val_per_image=val_per_image, epoch_iters=epoch_iters,
                      motion=motion, noise_range=noise_range, downsample=downsample, still_fraction=still_fraction,
-                     augment=augment, lr_factor=lr_factor, anneal_decay=anneal_decay, quiet=quiet)
+                     augment=augment, lr_factor=lr_factor, anneal_decay=anneal_decay,
+                     anneal_floor=anneal_floor, quiet=quiet)
     try:
         train(args)
     except (TrainError, DataError, CheckpointError) as exc:

@@ -55,6 +55,7 @@ class AnnealedLoss:
     coefficient: float = 100.0  # beta (AME-KPN) / eta (ST-PAN)
     decay: float = 0.9998  # alpha (AME-KPN) / gamma (ST-PAN)
     gradient_weight: float = 1.0  # lambda of eq. 7 (AME-KPN only)
+    floor: float = 0.0  # the annealed term's weight never falls below this (kpn-train --anneal-floor)
 
     def base(self, pred: Tensor, target: Tensor) -> Tensor:
         if self.kind == "ame-kpn":
@@ -64,7 +65,7 @@ class AnnealedLoss:
         raise ValueError(f"unknown loss kind {self.kind!r}")
 
     def weight(self, step: int) -> float:
-        return self.coefficient * self.decay ** int(step)
+        return max(self.coefficient * self.decay ** int(step), self.floor)
 
     def __call__(self, denoised: Tensor, aux: Tensor, clean: Tensor, step: int) -> tuple[Tensor, dict]:
         base = self.base(denoised, clean)
@@ -75,23 +76,28 @@ class AnnealedLoss:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "coefficient": self.coefficient, "decay": self.decay,
-                "gradient_weight": self.gradient_weight}
+                "gradient_weight": self.gradient_weight, "floor": self.floor}
 
 
 PAPER_DECAY = 0.9998  # alpha (AME-KPN) and gamma (ST-PAN)
 
 
-def loss_for_family(family: str, decay: float | None = None) -> AnnealedLoss:
+def loss_for_family(family: str, decay: float | None = None, floor: float = 0.0) -> AnnealedLoss:
     """KPN and AME-KPN train with AME-KPN's loss (eq. 7-8); ST-PAN and PAN with ST-PAN's (eq. 9-11).
 
     `decay` replaces the papers' 0.9998 for short runs: with it the annealed term (100 x 0.9998^t, summed
     over the N frames or s groups) still outweighs the output's own loss after 10k steps, so a run of a
-    few thousand steps would fit the per-frame estimates, not the output."""
+    few thousand steps would fit the per-frame estimates, not the output. `floor` keeps the term's weight
+    from falling below it: the per-frame/per-group estimates keep training every frame's kernels or
+    offsets after the annealing, which a softmax that gives the reference nearly all the weight no
+    longer does (issue 8's note)."""
     decay = PAPER_DECAY if decay is None else decay
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"annealing decay {decay} must be in [0, 1]")
+    if not 0.0 <= floor <= 100.0:
+        raise ValueError(f"annealing floor {floor} must be in [0, 100]")
     if family in ("kpn", "ame-kpn"):
-        return AnnealedLoss("ame-kpn", coefficient=100.0, decay=decay, gradient_weight=1.0)
+        return AnnealedLoss("ame-kpn", coefficient=100.0, decay=decay, gradient_weight=1.0, floor=floor)
     if family in ("st-pan", "pan"):
-        return AnnealedLoss("st-pan", coefficient=100.0, decay=decay)
+        return AnnealedLoss("st-pan", coefficient=100.0, decay=decay, floor=floor)
     raise ValueError(f"unknown model family {family!r}")

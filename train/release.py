@@ -32,7 +32,7 @@ _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), 
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
                 ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("augment", "--augment"),
-                ("lr_factor", "--lr-factor"), ("anneal_decay", "--anneal-decay"),
+                ("lr_factor", "--lr-factor"), ("anneal_decay", "--anneal-decay"), ("anneal_floor", "--anneal-floor"),
                 ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
 
 
