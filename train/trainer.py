@@ -86,9 +86,8 @@ class TrainArgs:
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
-                                       "epoch_iters", "motion", "noise_range", "downsample", "still_fraction", "augment", "lr_factor",
-                                       "stages",
-                                       "anneal_decay", "anneal_floor"),
+                                       "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
+                                       "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor"),
                          repr=False)
 
     def to_dict(self) -> dict:
