@@ -337,6 +337,8 @@ def _stage_words(field: str, value) -> str:
         return f"with the annealed term held at {value:g} or more"
     if field == "lr_factor":
         return f"at {value:g}x the learning rate"
+    if field == "loss_scale":
+        return "with the per-burst log loss" if value == "log" else "with the papers' (linear) loss"
     return f"with {field} {value}"
 
 

@@ -40,6 +40,7 @@ def run(
     lr_factor: Optional[float] = typer.Option(None, "--lr-factor", help="multiplies the learning-rate schedule (default 1); with --resume, a new value starts a new stage of the run, e.g. 0.1 for a final low-rate stage"),
     anneal_decay: Optional[float] = typer.Option(None, "--anneal-decay", help="decay per step of the annealed per-frame/per-group loss term (default: the papers' 0.9998, made for ~100k-step runs; e.g. 0.997 for a few thousand steps)"),
     anneal_floor: Optional[float] = typer.Option(None, "--anneal-floor", help="the annealed term's weight never falls below this (default 0): the per-frame/per-group estimates keep training every frame's kernels or offsets. With --resume, a new value starts a new stage of the run"),
+    loss_scale: Optional[str] = typer.Option(None, "--loss-scale", help="linear (default: the papers' loss) or log: the batch mean of each burst's log loss, so that low-noise bursts weigh as much as high-noise ones (the mean PSNR in dB over gains is what the bar measures). With --resume, a new value starts a new stage of the run"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress or validation lines"),
 ) -> None:
     """Train a denoiser on synthetic bursts and write a checkpoint that kpn-export reads."""
@@ -52,7 +53,7 @@ def run(
                      frames=frames, val_crop=val_crop, val_per_image=val_per_image, epoch_iters=epoch_iters,
                      motion=motion, noise_range=noise_range, downsample=downsample, still_fraction=still_fraction,
                      augment=augment, lr_factor=lr_factor, anneal_decay=anneal_decay,
-                     anneal_floor=anneal_floor, quiet=quiet)
+                     anneal_floor=anneal_floor, loss_scale=loss_scale, quiet=quiet)
     try:
         train(args)
     except (TrainError, DataError, CheckpointError) as exc:

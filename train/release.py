@@ -33,7 +33,7 @@ _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("data", "--data"), 
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
                 ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("augment", "--augment"),
                 ("lr_factor", "--lr-factor"), ("anneal_decay", "--anneal-decay"), ("anneal_floor", "--anneal-floor"),
-                ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
+                ("loss_scale", "--loss-scale"), ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
 
 
 def train_command(train_args: dict, out: str, steps: int | None = None) -> str:

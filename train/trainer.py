@@ -82,12 +82,14 @@ class TrainArgs:
     stages: list = field(default_factory=list)  # [{"from_step", "set": {field: new}, "previous": {field: old}}]
     anneal_decay: float | None = None  # None: the papers' 0.9998 (train.losses)
     anneal_floor: float | None = None  # lowest weight of the annealed term; None: 0, or on --resume the checkpoint's
+    loss_scale: str | None = None  # train.losses.LOSS_SCALES; None: "linear", or on --resume the checkpoint's
     quiet: bool = False
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
-                                       "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor"),
+                                       "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
+                                       "loss_scale"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -99,7 +101,8 @@ class TrainArgs:
 # Run fields that a --resume may change, with the value a checkpoint without the field was trained with.
 # A change starts a new stage of the run (recorded in train_args["stages"]; train.release turns the
 # stages back into command lines).
-STAGE_FIELDS = {"downsample": DOWNSAMPLE, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0}
+STAGE_FIELDS = {"downsample": DOWNSAMPLE, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0,
+                "loss_scale": "linear"}
 
 
 def stage_changes(stage: dict) -> tuple[dict, dict]:
@@ -295,9 +298,9 @@ def train(args: TrainArgs, console=None) -> dict:
                 group["lr"] = base * lr_at(step)
             console.print(f"resumed {args.resume} at step {step} of {args.iters}")
         try:
-            loss_fn = loss_for_family(cfg.family, args.anneal_decay, args.anneal_floor)
+            loss_fn = loss_for_family(cfg.family, args.anneal_decay, args.anneal_floor, args.loss_scale)
         except ValueError as exc:
-            raise TrainError(f"--anneal-decay/--anneal-floor: {exc}") from None
+            raise TrainError(f"--anneal-decay/--anneal-floor/--loss-scale: {exc}") from None
         forward = _TrainForward(net)
         if distributed:
             from torch.nn.parallel import DistributedDataParallel
