@@ -201,8 +201,10 @@ def test_report_words_each_training_stage():
              "training_downsample": 2, "training_stages": [
                  {"from_step": 4500, "set": {"downsample": 1}},
                  {"from_step": 10250, "set": {"still_fraction": 0.5}},
-                 {"from_step": 12500, "set": {"augment": "dihedral", "lr_factor": 0.1}}]}
+                 {"from_step": 12500, "set": {"augment": "dihedral", "lr_factor": 0.1}},
+                 {"from_step": 16250, "set": {"loss_scale": "log"}}]}
     sentence = why_numbers_differ([model])
     for words in ("12500 steps of 8 bursts of 64x64 at downsample 2", "from step 4500 at downsample 1",
-                  "from step 10250 with 50% still bursts", "from step 12500 with dihedral augmentation and at 0.1x the learning rate"):
+                  "from step 10250 with 50% still bursts", "from step 12500 with dihedral augmentation and at 0.1x the learning rate",
+                  "from step 16250 with the per-burst log loss"):
         assert words in sentence, (words, sentence)

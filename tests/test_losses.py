@@ -112,3 +112,45 @@ def test_anneal_floor_holds_the_annealed_weight():
     assert float(total) == pytest.approx(expect, rel=1e-12)
     with pytest.raises(ValueError, match="floor"):
         loss_for_family("kpn", 0.997, floor=-1)
+
+
+@pytest.mark.parametrize("family,per_item", [("kpn", lambda p, t: eq7(p, t, 1.0)), ("st-pan", eq9)])
+def test_log_loss_scale_is_the_batch_mean_of_each_bursts_log_loss(family, per_item):
+    """--loss-scale log: every term is mean_b log l(Y_b, Ygt_b), the annealed ones included (weight as before)."""
+    target, pred, aux = sample(12, (3, 1, 4, 5)), sample(13, (3, 1, 4, 5)), sample(14, (3, 2, 4, 5))
+    loss = loss_for_family(family, 0.997, floor=0.2, scale="log")
+    total, parts = loss(pred, aux, target, 100)
+
+    def log_mean(p):
+        return sum(math.log(per_item(p[b : b + 1], target[b : b + 1])) for b in range(3)) / 3
+
+    w = 100 * 0.997**100
+    expect = log_mean(pred) + w * sum(log_mean(aux[:, i : i + 1]) for i in range(2))
+    assert float(total) == pytest.approx(expect, rel=1e-12)
+    assert parts["base"] == pytest.approx(log_mean(pred), rel=1e-12)
+    # the linear scale (the papers') is the mean of the same per-burst losses, not of their logs
+    linear, _ = loss_for_family(family, 0.997, floor=0.2)(pred, aux, target, 100)
+    assert float(linear) == pytest.approx(sum(per_item(pred[b : b + 1], target[b : b + 1]) for b in range(3)) / 3
+                                          + w * sum(per_item(aux[b : b + 1, i : i + 1], target[b : b + 1])
+                                                    for b in range(3) for i in range(2)) / 3, rel=1e-12)
+    assert loss.to_dict()["scale"] == "log"
+    with pytest.raises(ValueError, match="unknown loss scale 'db'"):
+        loss_for_family(family, scale="db")
+
+
+def test_log_loss_scale_weighs_a_burst_by_its_relative_error():
+    """The log scale's gradient for a burst is the linear scale's divided by that burst's loss l_b: a
+    burst with 10x less error is no longer 10x quieter."""
+    target = sample(15, (2, 1, 4, 4))
+    pred = target.clone()
+    pred[0] += 0.001  # low-noise burst: small error
+    pred[1] += 0.01  # high-noise burst: 10x the error
+    grads = {}
+    for scale in ("linear", "log"):
+        p = pred.clone().requires_grad_(True)
+        loss_for_family("st-pan", scale=scale).base(p, target).backward()
+        grads[scale] = p.grad
+    losses = [eq9(pred[b : b + 1], target[b : b + 1]) for b in range(2)]
+    assert losses[1] / losses[0] > 5
+    for b in range(2):
+        assert torch.allclose(grads["log"][b], grads["linear"][b] / losses[b], rtol=1e-9, atol=0)

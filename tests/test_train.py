@@ -97,26 +97,26 @@ def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_repro
     train(TrainArgs(model="pan", iters=3, resume=str(staged), downsample=2, out=str(staged), **TINY))
     train(TrainArgs(model="pan", iters=4, resume=str(staged), still_fraction=0.5, out=str(staged), **TINY))
     train(TrainArgs(model="pan", iters=5, resume=str(staged), lr_factor=0.5, augment="dihedral",
-                    anneal_floor=0.3, out=str(staged), **TINY))
+                    anneal_floor=0.3, loss_scale="log", out=str(staged), **TINY))
     ckpt = torch.load(staged, weights_only=True)
     assert ckpt["train_args"]["downsample"] == 2 and ckpt["train_args"]["still_fraction"] == 0.5
     assert ckpt["train_args"]["lr_factor"] == 0.5
     assert ckpt["train_args"]["stages"] == [
         {"from_step": 2, "set": {"downsample": 2}, "previous": {"downsample": 4}},
         {"from_step": 3, "set": {"still_fraction": 0.5}, "previous": {"still_fraction": 0.0}},
-        {"from_step": 4, "set": {"augment": "dihedral", "lr_factor": 0.5, "anneal_floor": 0.3},
-         "previous": {"augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0}}]
-    assert ckpt["train_args"]["loss"]["floor"] == 0.3
+        {"from_step": 4, "set": {"augment": "dihedral", "lr_factor": 0.5, "anneal_floor": 0.3, "loss_scale": "log"},
+         "previous": {"augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0, "loss_scale": "linear"}}]
+    assert ckpt["train_args"]["loss"]["floor"] == 0.3 and ckpt["train_args"]["loss"]["scale"] == "log"
     lr0, decay, _ = LR_SCHEDULES["pan"]
     assert ckpt["metrics"]["lr"] == pytest.approx(0.5 * lr0 * decay**5)
     # the release's command lines, run as a user would, give the same weights bit for bit
     commands = train_command(ckpt["train_args"], "again.pt").split(" && ")
     assert len(commands) == 4 and "--iters 2 " in commands[0]
     assert "--downsample 4 " in commands[0] and "--still-fraction 0.0 " in commands[0] and "--lr-factor 1.0 " in commands[0]
-    assert "--augment none " in commands[0]
+    assert "--augment none " in commands[0] and "--loss-scale linear " in commands[0]
     assert commands[1] == "kpn-train --model pan --resume again.pt --iters 3 --downsample 2 --out again.pt"
     assert commands[2] == "kpn-train --model pan --resume again.pt --iters 4 --still-fraction 0.5 --out again.pt"
-    assert commands[3] == "kpn-train --model pan --resume again.pt --iters 5 --augment dihedral --lr-factor 0.5 --anneal-floor 0.3 --out again.pt"
+    assert commands[3] == "kpn-train --model pan --resume again.pt --iters 5 --augment dihedral --lr-factor 0.5 --anneal-floor 0.3 --loss-scale log --out again.pt"
     monkeypatch.chdir(tmp_path)
     for command in commands:
         argv = shlex.split(command)[1:] + ["--quiet", "--val-crop", "16", "--val-per-image", "1"]
@@ -136,7 +136,7 @@ def test_stages_in_the_first_format_still_read():
     assert stage_changes(old) == ({"downsample": 1}, {"downsample": 2})
     args = {"model": "st-pan", "iters": 9000, "downsample": 1, "stages": [old]}
     assert first_stage_values(args) == {"downsample": 2, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0,
-                                        "anneal_floor": 0.0}
+                                        "anneal_floor": 0.0, "loss_scale": "linear"}
     first, second = train_command(args, "m.pt").split(" && ")
     assert "--iters 4500 --downsample 2 " in first
     assert second == "kpn-train --model st-pan --resume m.pt --iters 9000 --downsample 1 --out m.pt"
@@ -222,6 +222,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     _one_line_error(_cli("--model", "kpn", "--lr-factor", "0", "--out", out), "--lr-factor 0", "above 0")
     _one_line_error(_cli("--model", "kpn", "--augment", "mirror", "--out", out), "unknown augmentation 'mirror'")
     _one_line_error(_cli("--model", "kpn", "--anneal-floor", "-1", "--out", out), "--anneal-floor", "floor -1.0")
+    _one_line_error(_cli("--model", "kpn", "--loss-scale", "db", "--out", out), "--loss-scale", "unknown loss scale 'db'")
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(_cli("--model", "kpn", "--data", str(empty), "--out", out), str(empty), "no images")
