@@ -128,6 +128,25 @@ def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_repro
         assert torch.equal(v, again["model"][k]), k
 
 
+def test_a_new_loss_scale_starts_adams_moments_afresh(tmp_path):
+    """The log loss's gradients are 10-100x the linear one's: a --loss-scale stage drops Adam's moment
+    estimates (its first update is a fresh Adam step), and a plain resume keeps them."""
+    ckpt = tmp_path / "m.pt"
+    train(TrainArgs(model="pan", iters=2, out=str(ckpt), **TINY))
+
+    def adam_steps(path):
+        state = torch.load(path, weights_only=True)["optimizer"]["state"]
+        return {float(v["step"]) for v in state.values()}
+
+    assert adam_steps(ckpt) == {2.0}
+    train(TrainArgs(model="pan", iters=3, resume=str(ckpt), loss_scale="log", out=str(ckpt), **TINY))
+    assert adam_steps(ckpt) == {1.0}
+    train(TrainArgs(model="pan", iters=4, resume=str(ckpt), out=str(ckpt), **TINY))
+    assert adam_steps(ckpt) == {2.0}
+    train(TrainArgs(model="pan", iters=5, resume=str(ckpt), lr_factor=0.5, out=str(ckpt), **TINY))
+    assert adam_steps(ckpt) == {3.0}  # other stage fields keep them
+
+
 def test_stages_in_the_first_format_still_read():
     from train.release import train_command
     from train.trainer import first_stage_values, stage_changes
