@@ -40,6 +40,9 @@ def gradient_l1(a: Tensor, b: Tensor) -> Tensor:
     return (dxa - dxb).abs().mean() + (dya - dyb).abs().mean()
 
 
+# The per-burst forms below serve the log scale only: the linear scale keeps the global means of
+# ame_kpn_basic/st_pan_basic (the same value, summed in another order), so that runs with the papers'
+# loss stay bit for bit what earlier commits trained (the manifest's command lines).
 def _burst_mean(x: Tensor) -> Tensor:
     """[B, ...] -> [B]: the mean over each burst's pixels."""
     return x.flatten(1).mean(dim=1)
