@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from .checkpoint import CheckpointError, code_commit, read_checkpoint, save_chec
 from .data import AUGMENTATIONS, DOWNSAMPLE, NOISE_RANGES, VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
 from .losses import loss_for_family
 from .metrics import psnr_gamma, ssim_gamma
-from .models import build_model, config_from_dict, default_config
+from .models import KERNEL_FORMS, build_model, config_from_dict, default_config
 
 # (initial lr, decay per epoch, floor as a fraction of the initial lr)
 LR_SCHEDULES = {
@@ -83,13 +83,14 @@ class TrainArgs:
     anneal_decay: float | None = None  # None: the papers' 0.9998 (train.losses)
     anneal_floor: float | None = None  # lowest weight of the annealed term; None: 0, or on --resume the checkpoint's
     loss_scale: str | None = None  # train.losses.LOSS_SCALES; None: "linear", or on --resume the checkpoint's
+    kernels: str | None = None  # KPN/AME-KPN kernel form (train.models.KERNEL_FORMS); None: the config's default
     quiet: bool = False
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
-                                       "loss_scale"),
+                                       "loss_scale", "kernels"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -176,6 +177,12 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         family = (ckpt.get("config") or {}).get("family")
         if family != args.model:
             raise TrainError(f"{args.resume}: checkpoint holds a {family} model, not {args.model}; pass --model {family}")
+        if args.kernels is not None:
+            held = getattr(config_from_dict(ckpt["config"]), "kernels", None)
+            if args.kernels != held:
+                raise TrainError(f"{args.resume}: --kernels {args.kernels}: the checkpoint's model has {held} kernels "
+                                 "(--kernels applies to a new run)")
+        args.kernels = saved.get("kernels")  # checkpoints from before the option: the default form
         asked = {name: getattr(args, name) for name in STAGE_FIELDS}
         for name in args.RUN_FIELDS:
             if name in saved:
@@ -226,6 +233,12 @@ def _config(args: TrainArgs, ckpt: dict | None):
     if ckpt is not None:
         return config_from_dict(ckpt["config"])
     cfg = default_config(args.model, args.width)
+    if args.kernels is not None:
+        if args.model not in ("kpn", "ame-kpn"):
+            raise TrainError(f"--kernels is a KPN/AME-KPN option; {args.model} predicts no kernels")
+        if args.kernels not in KERNEL_FORMS:
+            raise TrainError(f"unknown kernels {args.kernels!r}; choose {', '.join(KERNEL_FORMS)}")
+        cfg = replace(cfg, kernels=args.kernels)
     if args.frames is not None and args.frames != cfg.frames:
         if args.model == "pan":
             raise TrainError("pan takes exactly 1 frame (use st-pan for clips)")

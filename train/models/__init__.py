@@ -6,6 +6,7 @@ from torch import nn
 
 from .config import (
     FAMILIES,
+    KERNEL_FORMS,
     WIDTHS,
     KPNConfig,
     ModelConfig,
@@ -19,6 +20,7 @@ from .pan import PixelAggregationNet
 
 __all__ = [
     "FAMILIES",
+    "KERNEL_FORMS",
     "WIDTHS",
     "KPNConfig",
     "PANConfig",

@@ -18,6 +18,8 @@ PAPER_CONVS = 3
 # Small presets train on a 2-core CPU (< 2M parameters, ~tens of kMAC per pixel).
 SMALL_WIDTHS = (16, 32, 64, 128)
 SMALL_CONVS = 2
+# KPNConfig.kernels: how the predicted kernels are normalised.
+KERNEL_FORMS = ("softmax", "projected", "raw")
 
 
 @dataclass
@@ -31,14 +33,22 @@ class KPNConfig:
     widths: tuple[int, ...] = SMALL_WIDTHS
     convs_per_block: int = SMALL_CONVS
     reference_index: int = 0
-    # Softmax over all N*K*K taps of a pixel, times N: every output pixel is a convex combination of
-    # burst pixels, so it stays on the image's scale whatever the net's state (the papers leave the
-    # kernels unnormalised; short CPU trainings then spend most steps learning kernel sums of 1, and
-    # their errors show as brightness bias). False: the papers' raw kernels.
-    softmax_kernels: bool = True
+    # How the head's N*K*K outputs z of a pixel become its kernels (KERNEL_FORMS; kpn-train --kernels):
+    # "softmax": N * softmax(z): every output pixel is a convex combination of burst pixels, so it stays
+    #   on the image's scale whatever the net's state (with the papers' raw kernels short CPU trainings
+    #   spent most steps learning kernel sums of 1, and their errors showed as brightness bias). But a
+    #   tap's gradient is proportional to its weight: once a frame's share is small it gets almost none,
+    #   and our softmax KPNs learned to ignore the other frames for good.
+    # "projected": z + (N - sum z) / (N*K*K): the raw kernels moved onto the plane where the taps sum to
+    #   N (Y = mean_i X_i (*) K_i then keeps the image's brightness), a linear map, so every tap keeps
+    #   its gradient whatever its weight. Taps may be negative, as the papers' raw kernels.
+    # "raw": the papers' kernels, z as it is.
+    kernels: str = "softmax"
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
+        if self.kernels not in KERNEL_FORMS:
+            raise ValueError(f"{self.family}: unknown kernels {self.kernels!r}; choose {', '.join(KERNEL_FORMS)}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"{self.family}: kernel_size must be odd, got {self.kernel_size}")
 
@@ -148,6 +158,8 @@ def config_from_dict(d: dict) -> ModelConfig:
         cls = PANConfig
     else:
         raise ValueError(f"unknown model family {family!r} in config")
+    if "softmax_kernels" in d and cls is KPNConfig:  # checkpoints before `kernels` (True for all shipped)
+        d["kernels"] = "softmax" if d.pop("softmax_kernels") else "raw"
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:

@@ -17,7 +17,8 @@ class KernelPredictionNet(nn.Module):
 
     KPN:     Y_i = X_i (*) K_i;                                   Y = mean_i Y_i
     AME-KPN: Y_i = sigmoid(W_i) * (X_i (*) K_i) + (1 - sigmoid(W_i)) * R_i   (eq. 4)
-    With cfg.softmax_kernels, K = N * softmax of the head's output over all N*K*K taps of a pixel.
+    cfg.kernels: K = N * softmax of the head's output z over all N*K*K taps of a pixel ("softmax"), z
+    projected onto sum(K) = N ("projected"), or z itself ("raw", the papers'); see KPNConfig.
     """
 
     def __init__(self, cfg: KPNConfig):
@@ -41,6 +42,7 @@ class KernelPredictionNet(nn.Module):
     # 21.37 dB at step 1000 with this init against 21.01 with equal shares, a small head start.
     SOFTMAX_CENTRE_LOGIT = 4.0
     INITIAL_REFERENCE_SHARE = 0.5
+    PROJECTED_SHARE_FLOOR = 0.05  # divisor floor of a projected-kernel frame's estimate (below: _run)
 
     def _init_identity_kernels(self) -> None:
         """Start every predicted kernel as (close to) the identity, so that the untrained net outputs a
@@ -48,16 +50,22 @@ class KernelPredictionNet(nn.Module):
         ~1000x the noise level, which costs thousands of CPU steps.
         Raw kernels (the papers'): zero weights, centre-tap bias 1, the same for every frame (exactly the
         burst mean). Softmax kernels: zero weights, centre logits as above, the reference's raised so it
-        holds INITIAL_REFERENCE_SHARE of the weight."""
+        holds INITIAL_REFERENCE_SHARE of the weight. Projected kernels: zero weights, centre-tap biases
+        that give the reference the same share and the other frames equal shares (they sum to N, so the
+        projection leaves them as they are)."""
         n, k2 = self.cfg.frames, self.cfg.kernel_size**2
         head = self.kernel_residual_head if self.cfg.attention else self.kernel_head
         with torch.no_grad():
             head.weight[: n * k2].zero_()
             head.bias[: n * k2].zero_()
             centres = head.bias[: n * k2].view(n, k2)[:, k2 // 2]
-            if self.cfg.softmax_kernels:
+            if self.cfg.kernels == "softmax":
                 centres.fill_(self.SOFTMAX_CENTRE_LOGIT)
                 centres[self.cfg.reference_index] = self.reference_centre_logit(n, k2)
+            elif self.cfg.kernels == "projected":
+                share = self.INITIAL_REFERENCE_SHARE
+                centres.fill_(n * (1.0 - share) / (n - 1))
+                centres[self.cfg.reference_index] = n * share
             else:
                 centres.fill_(1.0)
 
@@ -87,18 +95,26 @@ class KernelPredictionNet(nn.Module):
             kernels, residuals = kr[:, : n * k2], kr[:, n * k2 :]
         else:
             kernels = self.kernel_head(features)
-        if self.cfg.softmax_kernels:
+        if self.cfg.kernels == "softmax":
             kernels = channel_softmax(kernels) * n
+        elif self.cfg.kernels == "projected":
+            kernels = kernels + (n - kernels.sum(dim=1, keepdim=True)) / (n * k2)
         kernels = kernels.reshape(b, n, k2, h, w)
         filtered = adaptive_conv(burst.unsqueeze(2), kernels, self.cfg.kernel_size).squeeze(2)
-        # Per-frame estimates for the annealed loss term: with softmax kernels a frame's kernel sums to
+        # Per-frame estimates for the annealed loss term: with normalised kernels a frame's kernel sums to
         # its share of the pixel's weight (the shares sum to N), so X_i (*) K_i alone is that share
         # times an estimate. Dividing by the share makes Y_i frame i's own estimate; without it, the
         # annealed term pinned every share at 1 and held the output at the burst mean until it faded
-        # (measured: 1750 steps at 19 dB with decay 0.997). Raw kernels are the papers' Y_i as they are.
+        # (measured: 1750 steps at 19 dB with decay 0.997). Projected kernels' shares may approach 0 or
+        # go negative; the floor keeps such a frame's estimate finite. Raw kernels are the papers' Y_i.
         estimates = None
         if with_estimates:
-            estimates = filtered / kernels.sum(dim=2).clamp_min(1e-20) if self.cfg.softmax_kernels else filtered
+            if self.cfg.kernels == "softmax":
+                estimates = filtered / kernels.sum(dim=2).clamp_min(1e-20)
+            elif self.cfg.kernels == "projected":
+                estimates = filtered / kernels.sum(dim=2).clamp_min(self.PROJECTED_SHARE_FLOOR)
+            else:
+                estimates = filtered
         if self.cfg.attention:
             weights = torch.sigmoid(self.weight_head(features))
             filtered = weights * filtered + (1.0 - weights) * residuals
