@@ -151,6 +151,25 @@ def test_onnxruntime_matches_pytorch(exported, b, h, w):
     assert float(np.abs(expected).max()) > 1e-3  # not a trivially zero output
 
 
+def test_projected_kernel_kpn_exports_and_matches_pytorch(tmp_path):
+    """kpn-train --kernels projected: the projection is plain ONNX ops around kpn::AdaptiveConv."""
+    from dataclasses import replace
+
+    torch.manual_seed(11)
+    cfg = replace(default_config("kpn", "small"), kernels="projected")
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    save_checkpoint(tmp_path / "kpn-projected.pt", model, cfg, step=7, metrics=VAL)
+    report = export_onnx(tmp_path / "kpn-projected.pt")
+    burst, noise_map = _inputs(cfg.frames, cfg.reference_index, 1, 32, 40, seed=3)
+    with torch.no_grad():
+        expected = model.eval()(burst, noise_map).numpy()
+    err = float(np.abs(_run(report.output, burst, noise_map) - expected).max())
+    assert err <= 1e-4 and float(np.abs(expected).max()) > 1e-3, err
+
+
 def test_fp16_export_close_to_fp32(exported):
     family, _, rep32, rep16, _, cfg = exported
     burst, noise_map = _inputs(cfg.frames, cfg.reference_index, 1, 48, 32, seed=5)

@@ -28,7 +28,7 @@ def _zero_head(conv: torch.nn.Conv2d) -> None:
 
 
 def test_kpn_with_identity_kernels_averages_the_frames():
-    cfg = replace(default_config("kpn"), softmax_kernels=False)  # the papers' raw kernels
+    cfg = replace(default_config("kpn"), kernels="raw")  # the papers' raw kernels
     model = build_model(cfg).eval()
     _zero_head(model.kernel_head)
     k2 = cfg.kernel_size**2
@@ -42,7 +42,7 @@ def test_kpn_with_identity_kernels_averages_the_frames():
 def test_fresh_raw_kernel_kpn_starts_as_the_burst_mean():
     """The kernel head is initialised to identity kernels (not left to default init)."""
     torch.manual_seed(3)
-    cfg = replace(default_config("kpn"), softmax_kernels=False)
+    cfg = replace(default_config("kpn"), kernels="raw")
     model = build_model(cfg).eval()
     burst = torch.rand(1, cfg.frames, 16, 16)
     out = model(burst, torch.zeros(1, 1, 16, 16))
@@ -53,7 +53,7 @@ def test_softmax_kernels_by_formula():
     """K = N * softmax over the N*K*K taps: a naive loop over taps with the head's logits."""
     torch.manual_seed(4)
     cfg = default_config("kpn")
-    assert cfg.softmax_kernels
+    assert cfg.kernels == "softmax"
     model = build_model(cfg).eval()
     torch.nn.init.normal_(model.kernel_head.weight, std=0.05)  # logits that vary per pixel
     n, k = cfg.frames, cfg.kernel_size
@@ -73,9 +73,58 @@ def test_softmax_kernels_by_formula():
     torch.testing.assert_close(flat, torch.full_like(flat, 0.3))
 
 
+def test_projected_kernels_by_formula():
+    """K = z + (N - sum z) / (N*K*K), z the head's raw output: a naive loop over taps; the taps of a pixel
+    sum to N (a constant burst comes out unchanged) and a tap's gradient does not depend on its weight."""
+    torch.manual_seed(5)
+    cfg = replace(default_config("kpn"), kernels="projected")
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.kernel_head.weight, std=0.05)
+    n, k = cfg.frames, cfg.kernel_size
+    burst, nmap = torch.rand(1, n, 8, 8), torch.full((1, 1, 8, 8), 0.03)
+    with torch.no_grad():
+        raw = model.kernel_head(model.backbone(torch.cat([burst, nmap], 1)))[0]  # [N*K*K, 8, 8]
+        out = model(burst, nmap)[0, 0]
+    padded = F.pad(burst[0], (k // 2,) * 4)
+    expect = torch.zeros(8, 8)
+    for y in range(8):
+        for x in range(8):
+            z = raw[:, y, x]
+            taps = (z + (n - z.sum()) / (n * k * k)).view(n, k, k)
+            expect[y, x] = (taps * padded[:, y : y + k, x : x + k]).sum() / n
+    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-5)
+    flat = model(torch.full((1, n, 16, 16), 0.3), nmap.new_full((1, 1, 16, 16), 0.03))[0, 0, 2:-2, 2:-2]
+    torch.testing.assert_close(flat, torch.full_like(flat, 0.3))
+    # gradient of the output at one pixel w.r.t. its raw taps: (x_tap - mean of the pixel's window) / N,
+    # the same for a tap whose weight is large or near zero (a softmax scales it by the weight)
+    z = raw[:, 4, 4].clone().requires_grad_(True)
+    window = padded[:, 4 : 4 + k, 4 : 4 + k].reshape(-1)
+    ((z + (n - z.sum()) / (n * k * k)) * window).sum().div(n).backward()
+    torch.testing.assert_close(z.grad, (window - window.mean()) / n)
+
+
+def test_fresh_projected_kpn_gives_the_reference_half_the_weight():
+    cfg = replace(default_config("kpn"), kernels="projected")
+    model = build_model(cfg).eval()
+    burst = torch.rand(1, cfg.frames, 16, 16)
+    out, estimates = model.forward_train(burst, torch.zeros(1, 1, 16, 16))
+    torch.testing.assert_close(out, 0.5 * burst[:, :1] + 0.5 * burst[:, 1:].mean(dim=1, keepdim=True))
+    # each frame's own estimate (its filtered frame over its share) is that frame
+    torch.testing.assert_close(estimates, burst, atol=1e-6, rtol=1e-5)
+
+
+def test_unknown_kernel_form_and_old_configs():
+    with pytest.raises(ValueError, match="kernels"):
+        replace(default_config("kpn"), kernels="sigmoid")
+    legacy = default_config("kpn").to_dict()
+    del legacy["kernels"]
+    assert config_from_dict({**legacy, "softmax_kernels": True}).kernels == "softmax"
+    assert config_from_dict({**legacy, "softmax_kernels": False}).kernels == "raw"
+
+
 @pytest.mark.parametrize("weight_bias,expect", [(30.0, "filtered"), (-30.0, "residual")])
 def test_ame_kpn_blends_kernels_and_residuals_by_eq4(weight_bias, expect):
-    cfg = replace(default_config("ame-kpn"), softmax_kernels=False)
+    cfg = replace(default_config("ame-kpn"), kernels="raw")
     model = build_model(cfg).eval()
     n, k2 = cfg.frames, cfg.kernel_size**2
     _zero_head(model.kernel_residual_head)

@@ -16,7 +16,7 @@ from train.checkpoint import load_checkpoint
 from train.data import BurstSampler, load_source, validation_set
 from train.losses import loss_for_family
 from train.models import build_model, default_config
-from train.trainer import LR_SCHEDULES, TrainArgs, evaluate, lr_lambda_factory, train
+from train.trainer import LR_SCHEDULES, TrainArgs, TrainError, evaluate, lr_lambda_factory, train
 
 TINY = dict(crop=16, val_crop=16, val_per_image=1, batch_size=2, quiet=True)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -242,6 +242,8 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     _one_line_error(_cli("--model", "kpn", "--augment", "mirror", "--out", out), "unknown augmentation 'mirror'")
     _one_line_error(_cli("--model", "kpn", "--anneal-floor", "-1", "--out", out), "--anneal-floor", "floor -1.0")
     _one_line_error(_cli("--model", "kpn", "--loss-scale", "db", "--out", out), "--loss-scale", "unknown loss scale 'db'")
+    _one_line_error(_cli("--model", "kpn", "--kernels", "sigmoid", "--out", out), "unknown kernels 'sigmoid'")
+    _one_line_error(_cli("--model", "st-pan", "--kernels", "projected", "--out", out), "--kernels", "st-pan predicts no kernels")
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(_cli("--model", "kpn", "--data", str(empty), "--out", out), str(empty), "no images")
@@ -276,3 +278,22 @@ def test_code_commit_is_read_once_per_process(monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", no_git)
     assert code_commit() == first
+
+
+def test_kernels_option_sets_a_new_runs_model_and_its_release_command(tmp_path):
+    """--kernels chooses a new KPN's kernel form (in the checkpoint's config and in the release command);
+    a resume keeps the checkpoint's form and refuses another one; checkpoints from before the option keep
+    their command without it."""
+    from train.release import train_command
+
+    out = tmp_path / "p.pt"
+    train(TrainArgs(model="kpn", iters=1, kernels="projected", out=str(out), **TINY))
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["config"]["kernels"] == "projected" and ckpt["train_args"]["kernels"] == "projected"
+    assert train_command(ckpt["train_args"], "p.pt").startswith("kpn-train --model kpn --width small --kernels projected ")
+    train(TrainArgs(model="kpn", iters=2, resume=str(out), out=str(out), **TINY))
+    assert torch.load(out, weights_only=True)["config"]["kernels"] == "projected"
+    with pytest.raises(TrainError, match="has projected kernels"):
+        train(TrainArgs(model="kpn", iters=3, resume=str(out), kernels="softmax", out=str(out), **TINY))
+    legacy = {k: v for k, v in ckpt["train_args"].items() if k != "kernels"}
+    assert "--kernels" not in train_command(legacy, "p.pt")
