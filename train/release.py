@@ -22,6 +22,7 @@ from typing import Optional
 import typer
 
 from .data import BUILTIN_IMAGES, BUILTIN_VALIDATION, VALIDATION_GAINS
+from .models import config_from_dict
 from .trainer import first_stage_values, stage_changes
 from runtime.files import sha256_file
 
@@ -88,7 +89,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
     from .checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path)
-    cfg = ckpt["config"]
+    cfg = config_from_dict(ckpt["config"]).to_dict()  # today's field names (older checkpoints: softmax_kernels)
     name = f"{cfg['family']}-{cfg['width']}"
     shipped = out_dir / f"{name}.pt"
     if ckpt_path.resolve() != shipped.resolve():
