@@ -300,7 +300,8 @@ def _spec_from_checkpoint(path: Path, name: Optional[str] = None) -> ModelSpec:
         reference_index=cfg.reference_index,
         size_multiple=cfg.size_multiple,
         checkpoint=path,
-        info={"width": getattr(cfg, "width", None), "training_step": ckpt.get("step"), **_training_info(model, ckpt)},
+        info={"width": getattr(cfg, "width", None), "kernels": getattr(cfg, "kernels", None),  # None: not a KPN
+              "training_step": ckpt.get("step"), **_training_info(model, ckpt)},
     )
     # an ONNX export of exactly this checkpoint beside it is reused (its metadata names the checkpoint's hash)
     beside = path.with_suffix(".onnx")

@@ -353,6 +353,8 @@ def why_numbers_differ(models: list[dict]) -> str:
         parts = [f"{m.get('width') or '?'} width"]
         if m.get("parameters"):
             parts.append(f"{m['parameters'] / 1e6:.2f}M parameters")
+        if m.get("kernels"):  # KPN/AME-KPN: how the kernels are normalised (the papers': raw)
+            parts.append(f"{m['kernels']} kernels")
         steps = f"{int(m['training_step'])} steps"
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"

@@ -208,3 +208,5 @@ def test_report_words_each_training_stage():
                   "from step 10250 with 50% still bursts", "from step 12500 with dihedral augmentation and at 0.1x the learning rate",
                   "from step 16250 with the per-burst log loss"):
         assert words in sentence, (words, sentence)
+    assert "kernels" not in sentence  # a model without kernels (ST-PAN/PAN) says nothing of them
+    assert "(small width, projected kernels, 12500 steps" in why_numbers_differ([{**model, "kernels": "projected"}])
