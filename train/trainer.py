@@ -171,6 +171,8 @@ def evaluate(model: nn.Module, val: dict, device: torch.device, batch: int = 8) 
 def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
     """Fill defaults; on --resume take the run-defining fields from the checkpoint."""
     ckpt = None
+    if args.kernels is not None and args.model in ("st-pan", "pan"):
+        raise TrainError(f"--kernels is a KPN/AME-KPN option; {args.model} predicts no kernels")
     if args.resume:
         ckpt = read_checkpoint(args.resume)
         saved = ckpt.get("train_args") or {}
@@ -178,7 +180,7 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         if family != args.model:
             raise TrainError(f"{args.resume}: checkpoint holds a {family} model, not {args.model}; pass --model {family}")
         if args.kernels is not None:
-            held = getattr(config_from_dict(ckpt["config"]), "kernels", None)
+            held = config_from_dict(ckpt["config"]).kernels
             if args.kernels != held:
                 raise TrainError(f"{args.resume}: --kernels {args.kernels}: the checkpoint's model has {held} kernels "
                                  "(--kernels applies to a new run)")
@@ -234,8 +236,6 @@ def _config(args: TrainArgs, ckpt: dict | None):
         return config_from_dict(ckpt["config"])
     cfg = default_config(args.model, args.width)
     if args.kernels is not None:
-        if args.model not in ("kpn", "ame-kpn"):
-            raise TrainError(f"--kernels is a KPN/AME-KPN option; {args.model} predicts no kernels")
         if args.kernels not in KERNEL_FORMS:
             raise TrainError(f"unknown kernels {args.kernels!r}; choose {', '.join(KERNEL_FORMS)}")
         cfg = replace(cfg, kernels=args.kernels)

@@ -109,12 +109,11 @@ class KernelPredictionNet(nn.Module):
         # go negative; the floor keeps such a frame's estimate finite. Raw kernels are the papers' Y_i.
         estimates = None
         if with_estimates:
-            if self.cfg.kernels == "softmax":
-                estimates = filtered / kernels.sum(dim=2).clamp_min(1e-20)
-            elif self.cfg.kernels == "projected":
-                estimates = filtered / kernels.sum(dim=2).clamp_min(self.PROJECTED_SHARE_FLOOR)
-            else:
+            if self.cfg.kernels == "raw":
                 estimates = filtered
+            else:
+                floor = self.PROJECTED_SHARE_FLOOR if self.cfg.kernels == "projected" else 1e-20
+                estimates = filtered / kernels.sum(dim=2).clamp_min(floor)
         if self.cfg.attention:
             weights = torch.sigmoid(self.weight_head(features))
             filtered = weights * filtered + (1.0 - weights) * residuals
