@@ -353,8 +353,6 @@ def why_numbers_differ(models: list[dict]) -> str:
         parts = [f"{m.get('width') or '?'} width"]
         if m.get("parameters"):
             parts.append(f"{m['parameters'] / 1e6:.2f}M parameters")
-        if m.get("kernels"):  # KPN/AME-KPN: how the kernels are normalised (the papers': raw)
-            parts.append(f"{m['kernels']} kernels")
         steps = f"{int(m['training_step'])} steps"
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
@@ -364,6 +362,8 @@ def why_numbers_differ(models: list[dict]) -> str:
         parts.append(steps)
         for stage in m.get("training_stages") or []:
             parts.append(f"from step {stage['from_step']} " + " and ".join(_stage_words(k, v) for k, v in stage["set"].items()))
+        if m.get("kernels"):  # KPN/AME-KPN: how the kernels are normalised (the papers': raw)
+            parts.append(f"{m['kernels']} kernels")
         if m.get("training_noise_range"):
             parts.append(f"noise range {m['training_noise_range']}")
         if m.get("training_wall_seconds"):

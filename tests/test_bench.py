@@ -209,4 +209,4 @@ def test_report_words_each_training_stage():
                   "from step 16250 with the per-burst log loss"):
         assert words in sentence, (words, sentence)
     assert "kernels" not in sentence  # a model without kernels (ST-PAN/PAN) says nothing of them
-    assert "(small width, projected kernels, 12500 steps" in why_numbers_differ([{**model, "kernels": "projected"}])
+    assert "with the per-burst log loss, projected kernels" in why_numbers_differ([{**model, "kernels": "projected"}])
