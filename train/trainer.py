@@ -90,7 +90,7 @@ class TrainArgs:
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
-                                       "loss_scale", "kernels"),
+                                       "loss_scale"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -184,7 +184,8 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
             if args.kernels != held:
                 raise TrainError(f"{args.resume}: --kernels {args.kernels}: the checkpoint's model has {held} kernels "
                                  "(--kernels applies to a new run)")
-        args.kernels = saved.get("kernels")  # checkpoints from before the option: the default form
+        # the model's kernel form is the checkpoint's (None: a run from before the option, the default form)
+        args.kernels = saved.get("kernels")
         asked = {name: getattr(args, name) for name in STAGE_FIELDS}
         for name in args.RUN_FIELDS:
             if name in saved:
