@@ -6,7 +6,8 @@ nanoseconds per output pixel, and the peak resident memory of the process during
 Linux VmHWM counter, reset before each configuration; on GPU backends the device memory in use after
 the calls as well). A backend that cannot run here is listed with the reason, never dropped.
 
-Backends: `torch` (PyTorch eager on the CPU, `torch.inference_mode`), `ort-cpu` / `ort-cuda` (ONNX
+Backends: `torch` (PyTorch eager on the CPU, `torch.inference_mode`), `torch-cuda` / `torch-cuda-fp16`
+(PyTorch eager on GPU 0, float32 / float16, host copies included), `ort-cpu` / `ort-cuda` (ONNX
 Runtime through `runtime.backends.open_backend`, the kpn ops as their standard-op function bodies),
 `trt-fp32` / `trt-fp16` (an engine built with `export.trt.build_engine`, run by the runtime's
 TensorRT backend with the plugin library).
@@ -40,7 +41,7 @@ from .common import (
     write_text,
 )
 
-BACKENDS = ("torch", "ort-cpu", "ort-cuda", "trt-fp32", "trt-fp16")
+BACKENDS = ("torch", "torch-cuda", "torch-cuda-fp16", "ort-cpu", "ort-cuda", "trt-fp32", "trt-fp16")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -74,7 +75,10 @@ class _Runner:
         self.name, self.prepare, self.close, self.gpu, self.note = name, prepare, close, gpu, note
 
 
-def _open_torch(spec: ModelSpec, threads: int) -> _Runner:
+def _open_torch(spec: ModelSpec, threads: int, backend: str = "torch") -> _Runner:
+    """PyTorch eager: `torch` on the CPU; `torch-cuda` / `torch-cuda-fp16` on GPU 0 (the model and its
+    inputs in float32 / float16). A GPU call includes the host-to-device copy of the inputs and the copy
+    of the output back, as the runtime's backends do, so every backend is timed numpy in, numpy out."""
     if spec.checkpoint is None:
         raise BenchError("no PyTorch checkpoint for this model (ONNX only)")
     import torch
@@ -83,17 +87,36 @@ def _open_torch(spec: ModelSpec, threads: int) -> _Runner:
 
     torch.set_num_threads(threads)
     model, _ = load_checkpoint(spec.checkpoint)
+    if backend == "torch":
+        def prepare(burst: np.ndarray, nmap: np.ndarray):
+            b, m = torch.from_numpy(burst), torch.from_numpy(nmap)
 
-    def prepare(burst: np.ndarray, nmap: np.ndarray):
-        b, m = torch.from_numpy(burst), torch.from_numpy(nmap)
+            def call():
+                with torch.inference_mode():
+                    return model(b, m)
+
+            return call
+
+        return _Runner("torch", prepare, note=f"PyTorch {torch.__version__} eager, CPU, {threads} threads")
+
+    if not torch.cuda.is_available():
+        raise BenchError(f"no CUDA GPU visible to PyTorch {torch.__version__} (torch.cuda.is_available() is False)")
+    dtype = torch.float16 if backend == "torch-cuda-fp16" else torch.float32
+    model = model.to(device="cuda", dtype=dtype)
+
+    def prepare_cuda(burst: np.ndarray, nmap: np.ndarray):
+        b, m = torch.from_numpy(burst).pin_memory(), torch.from_numpy(nmap).pin_memory()
 
         def call():
             with torch.inference_mode():
-                return model(b, m)
+                out = model(b.to("cuda", non_blocking=True).to(dtype), m.to("cuda", non_blocking=True).to(dtype))
+                return out.float().cpu().numpy()  # the copy back synchronises
 
         return call
 
-    return _Runner("torch", prepare, note=f"PyTorch {torch.__version__} eager, CPU, {threads} threads")
+    name = torch.cuda.get_device_name(0)
+    return _Runner(backend, prepare_cuda, gpu=True,
+                   note=f"PyTorch {torch.__version__} eager, {name}, {str(dtype).removeprefix('torch.')}")
 
 
 def _open_runtime(path: Path, backend: str, threads: int, gpu: bool) -> _Runner:
@@ -134,8 +157,8 @@ def _open_trt(spec: ModelSpec, onnx_path: Path, fp16: bool, sizes: list[int], wo
 
 
 def open_runner(spec: ModelSpec, backend: str, threads: int, sizes: list[int], workdir: Path) -> _Runner:
-    if backend == "torch":
-        return _open_torch(spec, threads)
+    if backend in ("torch", "torch-cuda", "torch-cuda-fp16"):
+        return _open_torch(spec, threads, backend)
     onnx_path = ensure_onnx(spec, workdir / "onnx")
     if backend in ("ort-cpu", "ort-cuda"):
         return _open_runtime(onnx_path, backend, threads, gpu=backend == "ort-cuda")

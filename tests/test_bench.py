@@ -89,7 +89,7 @@ def test_psnr_helper_matches_formula():
 
 def test_latency_command(kpn_ckpt, tmp_path):
     out = tmp_path / "lat"
-    backends = ["torch", "ort-cpu", "trt-fp32", "trt-fp16"]
+    backends = ["torch", "torch-cuda", "torch-cuda-fp16", "ort-cpu", "trt-fp32", "trt-fp16"]
     r = _invoke(["latency", "--models", str(kpn_ckpt), "--backends", ",".join(backends), "--sizes", "32,64",
                  "--repeat", "3", "--warmup", "1", "--threads", "2", "--op-sizes", "16", "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -111,6 +111,11 @@ def test_latency_command(kpn_ckpt, tmp_path):
         assert measured or (listed and all(u["reason"] for u in listed)), b
     if not _tensorrt_importable():
         assert {u["backend"] for u in data["unavailable"]} >= {"trt-fp32", "trt-fp16"}
+    if not torch.cuda.is_available():
+        gpu_reasons = [u["reason"] for u in data["unavailable"] if u["backend"].startswith("torch-cuda")]
+        assert len(gpu_reasons) == 2 and all("no CUDA GPU" in r for r in gpu_reasons)
+    else:
+        assert {(row["backend"], row["size"]) for row in rows} >= {("torch-cuda", 64), ("torch-cuda-fp16", 64)}
     assert {row["op"] for row in data["ops"]} == {"AdaptiveConv", "TrilinearSample"}
     assert all(row["max_abs_diff"] < 1e-4 for row in data["ops"])
     # the plugin's kernel math (CPU build of the same source the CUDA kernels compile) beside them

@@ -16,7 +16,7 @@ from train.checkpoint import load_checkpoint
 from train.data import BurstSampler, load_source, validation_set
 from train.losses import loss_for_family
 from train.models import build_model, default_config
-from train.trainer import LR_SCHEDULES, TrainArgs, TrainError, evaluate, lr_lambda_factory, train
+from train.trainer import LR_SCHEDULES, TrainArgs, TrainError, evaluate, lr_lambda_factory, step_batches, train
 
 TINY = dict(crop=16, val_crop=16, val_per_image=1, batch_size=2, quiet=True)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -232,6 +232,22 @@ def _one_line_error(r, *needles):
         assert n in lines[0], lines[0]
 
 
+def test_worker_processes_make_the_same_batches_and_the_same_run(tmp_path):
+    train_images, _ = load_source("builtin")
+    sampler = BurstSampler(train_images, 8, 0, 16, noise_range="wide", augment="dihedral")
+    here = list(step_batches(sampler, 5, 0, 3, 2, 6))
+    there = list(step_batches(sampler, 5, 0, 3, 2, 6, workers=2))
+    assert len(here) == len(there) == 4
+    for a, b in zip(here, there):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # step s's batch is the seed (seed, rank, s)'s wherever the loader starts: a resume sees the same bursts
+    assert all(torch.equal(x, y) for x, y in zip(list(step_batches(sampler, 5, 0, 3, 4, 5))[0], here[2]))
+    common = dict(model="kpn", iters=4, val_every=100, lr=1e-3, seed=2, **TINY)
+    a = train(TrainArgs(out=str(tmp_path / "a.pt"), **common))
+    b = train(TrainArgs(out=str(tmp_path / "b.pt"), workers=2, **common))
+    assert a["losses"] == b["losses"]
+
+
 def test_cli_bad_input_one_line_exit_2(tmp_path):
     out = str(tmp_path / "o.pt")
     _one_line_error(_cli("--model", "unet", "--out", out), "unknown model 'unet'")
@@ -258,6 +274,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     corrupt.write_bytes(b"PK\x03\x04 garbage, not a checkpoint")
     _one_line_error(_cli("--model", "kpn", "--resume", str(corrupt), "--out", out), "corrupt.pt")
     _one_line_error(_cli("--model", "kpn", "--crop", "20", "--out", out), "--crop 20", "multiple of 8")
+    _one_line_error(_cli("--model", "kpn", "--workers", "-1", "--out", out), "--workers -1", "0")
     assert not os.path.exists(out)
     good = tmp_path / "good.pt"
     train(TrainArgs(model="pan", iters=1, out=str(good), **TINY))
