@@ -314,3 +314,36 @@ def test_kernels_option_sets_a_new_runs_model_and_its_release_command(tmp_path):
         train(TrainArgs(model="kpn", iters=3, resume=str(out), kernels="softmax", out=str(out), **TINY))
     legacy = {k: v for k, v in ckpt["train_args"].items() if k != "kernels"}
     assert "--kernels" not in train_command(legacy, "p.pt")
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def test_on_cpu_keeps_the_structure_and_values():
+    from train.checkpoint import on_cpu
+
+    w = torch.arange(6.0, requires_grad=True)
+    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": w * 2}}, "param_groups": [{"lr": 1e-3, "params": [0]}],
+             "pair": (w, "x")}
+    moved = on_cpu(state)
+    assert moved["param_groups"] == state["param_groups"] and moved["pair"][1] == "x" and isinstance(moved["pair"], tuple)
+    assert torch.equal(moved["state"][0]["exp_avg"], torch.arange(6.0) * 2) and not moved["state"][0]["exp_avg"].requires_grad
+    assert all(t.device.type == "cpu" for t in _tensors(moved))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: a checkpoint written by a GPU run")
+def test_a_gpu_runs_checkpoint_holds_only_cpu_tensors_and_resumes_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu.pt"
+    train(TrainArgs(model="kpn", iters=2, val_every=100, out=str(out), device="cuda", **TINY))
+    raw = torch.load(out, weights_only=False)  # no map_location: tensors come back where they were saved
+    assert all(t.device.type == "cpu" for t in _tensors(raw))
+    m = train(TrainArgs(model="kpn", iters=3, val_every=100, out=str(out), resume=str(out), device="cpu", quiet=True))
+    assert len(m["losses"]) == 1

@@ -76,6 +76,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def on_cpu(obj: Any) -> Any:
+    """`obj` with every tensor inside (dicts, lists, tuples) copied to the CPU: a checkpoint written by a
+    GPU run then loads with a plain torch.load on a machine without one (Adam's moments live on the
+    parameters' device; load_state_dict moves them back there on a resume)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -93,7 +106,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": on_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "step": int(step),
         "metrics": metrics or {},
