@@ -231,7 +231,7 @@ def bench_ops(sizes: list[int], threads: int, warmup: int, repeat: int) -> tuple
     _, why = onnx_vs_torch.plugin_cpu_library()
     if why:
         unavailable.append({"face": "plugin math, CPU build (ctypes)", "reason": why})
-    unavailable.append({"face": "CUDA kernels", "reason": "timed inside the trt-* model backends only"})
+    unavailable.append({"face": "CUDA kernels", "reason": "timed by python -m benchmarks.cuda_ops (a GPU and nvcc), and inside the trt-* model backends"})
     return rows, unavailable
 
 

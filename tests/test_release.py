@@ -71,3 +71,11 @@ def test_train_command_round_trips_the_options():
     # a run stopped by hand at step 2750 of its 3500: the command ends where the weights are
     stopped = dict(zip(*[iter(shlex.split(train_command(args, "m.pt", steps=2750))[1:])] * 2))
     assert stopped["--iters"] == "2750" and stopped["--crop"] == "64"
+
+
+def test_the_manifest_names_the_gpu_of_a_run_that_trained_on_one():
+    from train.release import machine, trained_on
+
+    assert trained_on({"device": "cpu"}) == machine() and trained_on({}) == machine()
+    assert "CUDA GPU (NVIDIA H200)" in trained_on({"device": "cuda", "device_name": "NVIDIA H200"})
+    assert "name not recorded" in trained_on({"device": "cuda:1"})

@@ -62,6 +62,16 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     return " && ".join(commands)
 
 
+def trained_on(train_args: dict) -> str:
+    """Where the checkpoint's last run (the command that wrote it, after any --resume) trained: its GPU
+    when it ran with --device cuda, else this machine's CPU (releases are made where CPU runs train)."""
+    device = str(train_args.get("device") or "cpu")
+    if device.startswith("cuda"):
+        name = train_args.get("device_name") or "name not recorded"
+        return f"last run on a CUDA GPU ({name}); earlier runs of a resumed checkpoint may have used other machines"
+    return machine()
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -126,7 +136,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
             "world_size": train_args.get("world_size", 1),
             "code": (ckpt.get("versions") or {}).get("kpn-deploy-git", "commit not recorded (checkpoints name it since 2026-11-25)"),
             "wall_seconds": round(float(metrics["wall_seconds"])) if "wall_seconds" in metrics else None,
-            "machine": machine(),
+            "machine": trained_on(train_args),
             "data": ("builtin: scikit-image's bundled photographs "
                      f"(training: {sorted(set(BUILTIN_IMAGES) - set(BUILTIN_VALIDATION))}; "
                      f"validation: {list(BUILTIN_VALIDATION)})") if data == "builtin" else data,

@@ -361,7 +361,8 @@ def train(args: TrainArgs, console=None) -> dict:
             from torch.nn.parallel import DistributedDataParallel
 
             forward = DistributedDataParallel(forward, device_ids=[local_rank] if device.type == "cuda" else None)
-        train_args = args.to_dict() | {"world_size": world, "loss": loss_fn.to_dict()}
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        train_args = args.to_dict() | {"world_size": world, "loss": loss_fn.to_dict(), "device_name": device_name}
 
         wall0, wall_start = float(metrics.get("wall_seconds", 0.0)), time.perf_counter()
 
