@@ -1,4 +1,5 @@
-// AdaptiveConv CUDA kernel: one thread per output element, the arithmetic in adaptive_conv_math.cuh
+// AdaptiveConv CUDA kernel: one thread per output element, the arithmetic in adaptive_conv_math.cuh,
+// compiled with K as a constant for K = 3, 5, 7 (adaptiveConvDispatch)
 // (shared with the CPU build that the tests run against the PyTorch reference).
 #include "adaptive_conv_kernel.h"
 #include "adaptive_conv_math.cuh"
@@ -10,6 +11,7 @@ namespace kpn
 namespace
 {
 
+template <int32_t FixedK>
 struct AdaptiveConvOp
 {
     using Shape = AdaptiveConvShape;
@@ -17,7 +19,7 @@ struct AdaptiveConvOp
     template <typename T>
     __device__ static void store(T const* frames, T const* kernels, T* out, Shape const& shape, int64_t index)
     {
-        adaptiveConvStore(frames, kernels, out, shape, index);
+        adaptiveConvStore<FixedK>(frames, kernels, out, shape, index);
     }
 };
 
@@ -26,7 +28,10 @@ struct AdaptiveConvOp
 int32_t launchAdaptiveConv(DType dtype, void const* frames, void const* kernels, void* out,
     AdaptiveConvShape const& shape, cudaStream_t stream, cudaError_t* cudaError)
 {
-    return launchElementwise<AdaptiveConvOp>(dtype, frames, kernels, out, shape, stream, cudaError);
+    return adaptiveConvDispatch(shape, [&](auto fixedK) {
+        return launchElementwise<AdaptiveConvOp<decltype(fixedK)::value>>(
+            dtype, frames, kernels, out, shape, stream, cudaError);
+    });
 }
 
 } // namespace kpn

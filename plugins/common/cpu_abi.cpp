@@ -21,11 +21,13 @@ int32_t adaptiveConvCpu(void const* frames, void const* kernels, void* out, kpn:
         return kpn::kNullPointer;
     }
     int64_t const count = shape.outputCount();
-    for (int64_t i = 0; i < count; ++i)
-    {
-        kpn::adaptiveConvStore(
-            static_cast<T const*>(frames), static_cast<T const*>(kernels), static_cast<T*>(out), shape, i);
-    }
+    kpn::adaptiveConvDispatch(shape, [&](auto fixedK) {
+        for (int64_t i = 0; i < count; ++i)
+        {
+            kpn::adaptiveConvStore<decltype(fixedK)::value>(
+                static_cast<T const*>(frames), static_cast<T const*>(kernels), static_cast<T*>(out), shape, i);
+        }
+    });
     return kpn::kSuccess;
 }
 

@@ -16,6 +16,13 @@
 // visibility, so only these and the TensorRT entry points are exported).
 #define KPN_EXPORT __attribute__((visibility("default")))
 
+// Unroll the next loop in the CUDA build (g++ would warn on the pragma; the CPU build needs no unrolling).
+#if defined(__CUDACC__)
+#define KPN_UNROLL _Pragma("unroll")
+#else
+#define KPN_UNROLL
+#endif
+
 namespace kpn
 {
 
