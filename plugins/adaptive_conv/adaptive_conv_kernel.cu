@@ -1,6 +1,6 @@
-// AdaptiveConv CUDA kernel: one thread per output element, the arithmetic in adaptive_conv_math.cuh,
-// compiled with K as a constant for K = 3, 5, 7 (adaptiveConvDispatch)
-// (shared with the CPU build that the tests run against the PyTorch reference).
+// AdaptiveConv CUDA kernel: one thread per output element, the arithmetic in adaptive_conv_math.cuh
+// (shared with the CPU build that the tests run against the PyTorch reference), compiled with K as a
+// constant for K = 3, 5, 7 (adaptiveConvDispatch).
 #include "adaptive_conv_kernel.h"
 #include "adaptive_conv_math.cuh"
 

@@ -41,9 +41,9 @@ inline int32_t checkAdaptiveConvShape(AdaptiveConvShape const& s)
 
 // Output element `index` (row-major over [B,N,C,H,W]) as a float.
 // FixedK > 0: K known at compile time (it must equal s.kernelSize), so the tap loops unroll and a GPU
-// thread issues all K*K loads before its first multiply-add. On one H200 the loop with a run-time K
-// moved AdaptiveConv's minimum traffic at 45% (fp32) and 26% (fp16) of the copy bandwidth, with fp16
-// hardly faster than fp32: too few loads in flight, not too many bytes. FixedK = 0: K from the shape.
+// thread issues all K*K loads before its first multiply-add. With a run-time K the kernel stayed far
+// under the copy bandwidth on an H200, fp16 hardly faster than fp32 (benchmarks/results/h200/): too few
+// loads in flight, not too many bytes. FixedK = 0: K from the shape.
 template <int32_t FixedK, typename T>
 KPN_HD float adaptiveConvElement(T const* frames, T const* kernels, AdaptiveConvShape const& s, int64_t index)
 {
