@@ -105,7 +105,7 @@ def save_checkpoint(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": on_cpu(model.state_dict()),
         "optimizer": on_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "step": int(step),
