@@ -325,6 +325,22 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def data_words(data: str) -> str:
+    """A training source (kpn-train --data) in a sentence."""
+    from train.data import EXTRA_PREFIX
+
+    if data == "builtin":
+        return "scikit-image's bundled photographs"
+    if data.startswith(EXTRA_PREFIX):
+        from train.photos import is_registry_folder
+
+        folder = data[len(EXTRA_PREFIX):]
+        if is_registry_folder(folder):
+            return "scikit-image's bundled photographs and the registry photographs of python -m train.photos"
+        return f"scikit-image's bundled photographs and images from {folder}"
+    return f"images from {data}"
+
+
 def _stage_words(field: str, value) -> str:
     """How the sentence below says a training setting that stages change (train.trainer.STAGE_FIELDS)."""
     if field == "downsample":
@@ -337,6 +353,8 @@ def _stage_words(field: str, value) -> str:
         return f"with the annealed term held at {value:g} or more"
     if field == "lr_factor":
         return f"at {value:g}x the learning rate"
+    if field == "data":
+        return f"on {data_words(value)}"
     if field == "loss_scale":
         return "with the per-burst log loss" if value == "log" else "with the papers' (linear) loss"
     return f"with {field} {value}"
@@ -357,8 +375,10 @@ def why_numbers_differ(models: list[dict]) -> str:
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
         for field in STAGE_FIELDS:
-            if m.get(f"training_{field}"):
+            if field != "data" and m.get(f"training_{field}"):
                 steps += " " + _stage_words(field, m[f"training_{field}"])
+        if m.get("training_data"):
+            steps += " " + _stage_words("data", m["training_data"])
         parts.append(steps)
         for stage in m.get("training_stages") or []:
             parts.append(f"from step {stage['from_step']} " + " and ".join(_stage_words(k, v) for k, v in stage["set"].items()))
@@ -368,9 +388,6 @@ def why_numbers_differ(models: list[dict]) -> str:
             parts.append(f"noise range {m['training_noise_range']}")
         if m.get("training_wall_seconds"):
             parts.append(f"{m['training_wall_seconds'] / 60:.0f} min")
-        if m.get("training_data"):
-            data = m["training_data"]
-            parts.append("scikit-image's bundled photographs" if data == "builtin" else f"images from {data}")
         ours.append(f"{m['name']} ({', '.join(parts)})")
     mine = "; ".join(ours) if ours else "see the models' checkpoints"
     return ("Why the numbers differ: the paper's networks were trained for 8x10^4 iterations of 16 bursts on a "

@@ -189,7 +189,7 @@ def test_quality_command(kpn_ckpt, tmp_path):
     assert model["parameters"] == n_params and model["training_step"] is not None
     assert f"kpn (small width, {n_params / 1e6:.2f}M parameters, {model['training_step']} steps" in md
     assert model["training_downsample"] == 2
-    assert "2 steps of 2 bursts of 16x16 at downsample 2, from step 1 at downsample 1" in md
+    assert "2 steps of 2 bursts of 16x16 at downsample 2 on scikit-image's bundled photographs, from step 1 at downsample 1" in md
     assert (out / "quality_crops.png").read_bytes().startswith(PNG_MAGIC)
 
 

@@ -156,6 +156,28 @@ def test_builtin_split_is_disjoint_and_complete():
     assert [i.name for i in val2] == [i.name for i in val]
 
 
+def test_builtin_plus_folder_trains_on_both_and_validates_on_the_builtin_images(tmp_path):
+    rng = np.random.default_rng(3)
+    for n in ("b.png", "sub/a.jpg"):
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        iio.imwrite(tmp_path / n, (rng.random((40, 50, 3)) * 255).astype(np.uint8))
+    builtin_train, builtin_val = D.load_source("builtin")
+    train, val = D.load_source(f"builtin+{tmp_path}")
+    assert [i.name for i in val] == [i.name for i in builtin_val]
+    assert [i.name for i in train] == [i.name for i in builtin_train] + [str(tmp_path / "b.png"), str(tmp_path / "sub/a.jpg")]
+    assert np.array_equal(train[-2].pixels, iio.imread(tmp_path / "b.png"))
+
+
+def test_builtin_plus_folder_refuses_a_validation_photograph(tmp_path):
+    import skimage.data
+
+    iio.imwrite(tmp_path / "copy.png", skimage.data.coins())
+    with pytest.raises(D.DataError, match=r"copy\.png: the same pixels as validation image builtin:coins"):
+        D.load_source(f"builtin+{tmp_path}")
+    with pytest.raises(D.DataError, match="no such data folder"):
+        D.load_source(f"builtin+{tmp_path / 'missing'}")
+
+
 def test_folder_source_recursive_split_stable(tmp_path):
     rng = np.random.default_rng(8)
     (tmp_path / "a" / "b").mkdir(parents=True)

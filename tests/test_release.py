@@ -79,3 +79,24 @@ def test_the_manifest_names_the_gpu_of_a_run_that_trained_on_one():
     assert trained_on({"device": "cpu"}) == machine() and trained_on({}) == machine()
     assert "CUDA GPU (NVIDIA H200)" in trained_on({"device": "cuda", "device_name": "NVIDIA H200"})
     assert "name not recorded" in trained_on({"device": "cuda:1"})
+
+
+def test_a_run_on_the_registry_photographs_is_described_with_their_collecting_command(tmp_path, monkeypatch):
+    import train.release as R
+    from train.photos import REGISTRY_PHOTOS
+
+    folder = str(tmp_path / "where-the-run-had-them")
+    monkeypatch.setattr(R, "is_registry_folder", lambda f: f == folder)  # the folder's sha256 check is test_photos'
+    args = {**TrainArgs(model="kpn", iters=10, data="builtin").to_dict(), "data": f"builtin+{folder}",
+            "downsample": 4, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0,
+            "loss_scale": "linear", "stages": [{"from_step": 6, "set": {"data": f"builtin+{folder}"}, "previous": {"data": "builtin"}}]}
+    command = R.reproducible_command(args, "models/kpn-small.pt", 8)
+    assert command.startswith("python -m train.photos data/photos && kpn-train --model kpn ")
+    assert "--data builtin " in command.split(" && ")[1] and folder not in command
+    assert command.endswith("kpn-train --model kpn --resume models/kpn-small.pt --iters 8 --data builtin+data/photos --out models/kpn-small.pt")
+    words = R.data_description(args)
+    assert words.startswith("builtin: scikit-image's") and "; then builtin+data/photos: scikit-image's" in words
+    assert all(p.file in words for p in REGISTRY_PHOTOS)
+    # another folder is named as it is
+    other = {**args, "data": f"builtin+{tmp_path}", "stages": [{"from_step": 6, "set": {"data": f"builtin+{tmp_path}"}, "previous": {"data": "builtin"}}]}
+    assert R.reproducible_command(other, "m.pt", 8).endswith(f"--data builtin+{tmp_path} --out m.pt")

@@ -128,6 +128,26 @@ def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_repro
         assert torch.equal(v, again["model"][k]), k
 
 
+def test_resume_with_new_data_is_a_stage(tmp_path):
+    from train.release import train_command
+
+    import imageio.v3 as iio
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    iio.imwrite(photos / "p.png", (np.random.default_rng(0).random((300, 300)) * 255).astype(np.uint8))
+    ckpt = tmp_path / "m.pt"
+    train(TrainArgs(model="pan", iters=2, out=str(ckpt), **TINY))
+    train(TrainArgs(model="pan", iters=3, resume=str(ckpt), data=f"builtin+{photos}", out=str(ckpt), **TINY))
+    train(TrainArgs(model="pan", iters=4, resume=str(ckpt), out=str(ckpt), **TINY))  # no --data: the checkpoint's
+    args = torch.load(ckpt, weights_only=True)["train_args"]
+    assert args["data"] == f"builtin+{photos}"
+    assert args["stages"] == [{"from_step": 2, "set": {"data": f"builtin+{photos}"}, "previous": {"data": "builtin"}}]
+    commands = train_command(args, "again.pt").split(" && ")
+    assert "--data builtin " in commands[0]
+    assert commands[1] == f"kpn-train --model pan --resume again.pt --iters 4 --data builtin+{photos} --out again.pt"
+
+
 def test_a_new_loss_scale_starts_adams_moments_afresh(tmp_path):
     """The log loss's gradients are 10-100x the linear one's: a --loss-scale stage drops Adam's moment
     estimates (its first update is a fresh Adam step), and a plain resume keeps them."""
@@ -154,7 +174,7 @@ def test_stages_in_the_first_format_still_read():
     old = {"from_step": 4500, "downsample": 1, "previous": 2}
     assert stage_changes(old) == ({"downsample": 1}, {"downsample": 2})
     args = {"model": "st-pan", "iters": 9000, "downsample": 1, "stages": [old]}
-    assert first_stage_values(args) == {"downsample": 2, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0,
+    assert first_stage_values(args) == {"data": "builtin", "downsample": 2, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0,
                                         "anneal_floor": 0.0, "loss_scale": "linear"}
     first, second = train_command(args, "m.pt").split(" && ")
     assert "--iters 4500 --downsample 2 " in first

@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 def run(
     model: str = typer.Option(..., "--model", help="kpn, ame-kpn, st-pan or pan"),
     width: str = typer.Option("small", "--width", help="small (CPU) or paper (the papers' widths)"),
-    data: str = typer.Option("builtin", "--data", help="folder of images (recursive; jpg/png/tif) or 'builtin'"),
+    data: Optional[str] = typer.Option(None, "--data", help="builtin (default: scikit-image's photographs, a fixed validation split), a folder of images (recursive; jpg/png/tif; a fifth of them, chosen by name, validate), or builtin+FOLDER (builtin with FOLDER's images added for training, e.g. from `python -m train.photos`). With --resume, a new value starts a new stage of the run"),
     iters: int = typer.Option(1000, "--iters", help="total optimizer steps (a resumed run continues to this)"),
     batch_size: int = typer.Option(4, "--batch-size", help="bursts per step (per process under torchrun)"),
     crop: int = typer.Option(64, "--crop", help="training crop P (output size; the source window is 4P+128)"),

@@ -311,7 +311,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.exists():
         raise DataError(f"{folder}: no such data folder")
     if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder (give a folder of images, or 'builtin')")
+        raise DataError(f"{folder}: not a folder (give a folder of images, 'builtin' or 'builtin+FOLDER')")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise DataError(f"{folder}: no images (looked for {', '.join(IMAGE_EXTENSIONS)} recursively)")
@@ -322,6 +322,24 @@ def builtin_images() -> list[SourceImage]:
     import skimage.data
 
     return [SourceImage(f"builtin:{name}", _as_hwc(np.asarray(getattr(skimage.data, name)()), name)) for name in BUILTIN_IMAGES]
+
+
+# "builtin+FOLDER": the builtin source (its training photographs and its fixed validation images) with
+# every image of FOLDER added to the training side, e.g. the photographs that `python -m train.photos`
+# collects from package registries. The validation set stays the builtin one, so runs on either source
+# (and the stages of one run) are validated on the same bursts.
+EXTRA_PREFIX = "builtin+"
+
+
+def extra_training_images(folder: str, validation: list[SourceImage]) -> list[SourceImage]:
+    """Every image of `folder`, for training; refuses an image with the pixels of a validation image."""
+    extra = [load_image(f) for f in list_images(folder)]
+    for im in extra:
+        for v in validation:
+            if im.pixels.shape == v.pixels.shape and np.array_equal(im.pixels, v.pixels):
+                raise DataError(f"{im.name}: the same pixels as validation image {v.name} "
+                                "(validation images are never trained on)")
+    return extra
 
 
 def split_names(names: list[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -342,12 +360,17 @@ def split_names(names: list[str], val_fraction: float = 0.2, seed: int = 0) -> t
 
 
 def load_source(data: str, val_fraction: float = 0.2, split_seed: int = 0) -> tuple[list[SourceImage], list[SourceImage]]:
-    """'builtin' or a folder -> (train images, validation images), disjoint and deterministic.
-    The builtin split is BUILTIN_VALIDATION; a folder is split by `split_names` (val_fraction, split_seed)."""
-    if data == "builtin":
+    """'builtin', 'builtin+FOLDER' or a folder -> (train images, validation images), disjoint and
+    deterministic. The builtin split is BUILTIN_VALIDATION (FOLDER's images all train); a folder is
+    split by `split_names` (val_fraction, split_seed)."""
+    if data == "builtin" or data.startswith(EXTRA_PREFIX):
         images = builtin_images()
         val_names = {f"builtin:{n}" for n in BUILTIN_VALIDATION}
-        return [im for im in images if im.name not in val_names], [im for im in images if im.name in val_names]
+        train = [im for im in images if im.name not in val_names]
+        val = [im for im in images if im.name in val_names]
+        if data != "builtin":
+            train += extra_training_images(data[len(EXTRA_PREFIX):], val)
+        return train, val
     else:
         files = list_images(data)
         images = [load_image(f) for f in files]

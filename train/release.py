@@ -21,7 +21,8 @@ from typing import Optional
 
 import typer
 
-from .data import BUILTIN_IMAGES, BUILTIN_VALIDATION, VALIDATION_GAINS
+from .data import BUILTIN_IMAGES, BUILTIN_VALIDATION, EXTRA_PREFIX, VALIDATION_GAINS
+from .photos import DEFAULT_OUT as DEFAULT_PHOTOS, REGISTRY_PHOTOS, is_registry_folder
 from .models import config_from_dict
 from .trainer import first_stage_values, stage_changes
 from runtime.files import sha256_file
@@ -60,6 +61,48 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
         changes = " ".join(f"{flags[name]} {value}" for name, value in stage_changes(stage)[0].items())
         commands.append(f"kpn-train --model {train_args.get('model')} --resume {out} --iters {until} {changes} --out {out}")
     return " && ".join(commands)
+
+
+def data_sources(train_args: dict) -> list[str]:
+    """Every --data value of the run, first stage first."""
+    values = [first_stage_values(train_args)["data"]]
+    for stage in train_args.get("stages") or []:
+        changed = stage_changes(stage)[0]
+        if "data" in changed:
+            values.append(changed["data"])
+    return list(dict.fromkeys(values))
+
+
+def _registry_folder(data: str) -> str | None:
+    """FOLDER of a 'builtin+FOLDER' source that holds exactly `python -m train.photos`'s photographs."""
+    if data.startswith(EXTRA_PREFIX) and is_registry_folder(data[len(EXTRA_PREFIX):]):
+        return data[len(EXTRA_PREFIX):]
+    return None
+
+
+def reproducible_command(train_args: dict, out: str, steps: int) -> str:
+    """train_command, with the registry photographs' folder (wherever the run had it) as data/photos and
+    the command that collects them in front."""
+    command = train_command(train_args, out, steps=steps)
+    folders = [f for f in map(_registry_folder, data_sources(train_args)) if f]
+    for folder in folders:
+        command = command.replace(f"--data {EXTRA_PREFIX}{folder} ", f"--data {EXTRA_PREFIX}{DEFAULT_PHOTOS} ")
+    return f"python -m train.photos {DEFAULT_PHOTOS} && {command}" if folders else command
+
+
+def data_description(train_args: dict) -> str:
+    builtin = ("scikit-image's bundled photographs "
+               f"(training: {sorted(set(BUILTIN_IMAGES) - set(BUILTIN_VALIDATION))}; validation: {list(BUILTIN_VALIDATION)})")
+    parts = []
+    for data in data_sources(train_args):
+        if data == "builtin":
+            parts.append(f"builtin: {builtin}")
+        elif _registry_folder(data):
+            parts.append(f"{EXTRA_PREFIX}{DEFAULT_PHOTOS}: {builtin}, with the registry photographs of `python -m train.photos` "
+                         f"added for training ({[p.file for p in REGISTRY_PHOTOS]}; see image_licences)")
+        else:
+            parts.append(data)
+    return "; then ".join(parts)
 
 
 def trained_on(train_args: dict) -> str:
@@ -118,7 +161,6 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
                       "sigma_r": v["sigma_r"], "sigma_s": v["sigma_s"]} for g, v in val.items()}
     if validation:
         validation["mean_psnr"] = round(sum(v["psnr"] for v in val.values()) / len(val), 3)
-    data = train_args.get("data", "builtin")
     steps = int(ckpt.get("step", 0))
     return {
         "name": name,
@@ -128,7 +170,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
         "sha256": {path.name: sha256_file(path) for path in files.values()},
         "config": cfg,
         "training": {
-            "command": train_command(train_args, f"models/{name}.pt", steps=steps),
+            "command": reproducible_command(train_args, f"models/{name}.pt", steps),
             "resume": f"kpn-train --model {cfg['family']} --resume models/{name}.pt --iters MORE --out models/{name}.pt",
             "steps": steps,
             "batch_size": train_args.get("batch_size"),
@@ -137,9 +179,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
             "code": (ckpt.get("versions") or {}).get("kpn-deploy-git", "commit not recorded (checkpoints name it since 2026-11-25)"),
             "wall_seconds": round(float(metrics["wall_seconds"])) if "wall_seconds" in metrics else None,
             "machine": trained_on(train_args),
-            "data": ("builtin: scikit-image's bundled photographs "
-                     f"(training: {sorted(set(BUILTIN_IMAGES) - set(BUILTIN_VALIDATION))}; "
-                     f"validation: {list(BUILTIN_VALIDATION)})") if data == "builtin" else data,
+            "data": data_description(train_args),
         },
         "validation": {
             "at_step": metrics.get("val_step"),
@@ -183,7 +223,9 @@ def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = Non
         "default": default,
         "default_reason": why,
         "validation_gains": {g: {"sigma_r": sr, "sigma_s": ss} for g, (sr, ss) in VALIDATION_GAINS.items()},
-        "image_licences": {f"skimage.data.{k}": v for k, v in BUILTIN_IMAGES.items()},
+        "image_licences": {**{f"skimage.data.{k}": v for k, v in BUILTIN_IMAGES.items()},
+                           **{f"{DEFAULT_PHOTOS}/{p.file}": f"{p.licence}; {p.credit} ({p.package.registry} {p.package.name} "
+                              f"{p.package.version}: {p.member})" for p in REGISTRY_PHOTOS}},
         "made_by": "python -m train.release " + " ".join(f"models/{e['checkpoint']}" for e in models),
         "models": models,
     }

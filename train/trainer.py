@@ -54,7 +54,7 @@ class TrainError(Exception):
 class TrainArgs:
     model: str = "kpn"
     width: str = "small"
-    data: str = "builtin"
+    data: str | None = None  # None: "builtin", or on --resume the checkpoint's; a new value starts a stage
     iters: int = 1000
     batch_size: int = 4
     crop: int = 64
@@ -105,7 +105,7 @@ class TrainArgs:
 # Run fields that a --resume may change, with the value a checkpoint without the field was trained with.
 # A change starts a new stage of the run (recorded in train_args["stages"]; train.release turns the
 # stages back into command lines).
-STAGE_FIELDS = {"downsample": DOWNSAMPLE, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0,
+STAGE_FIELDS = {"data": "builtin", "downsample": DOWNSAMPLE, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0,
                 "loss_scale": "linear"}
 
 
