@@ -97,6 +97,9 @@ def test_a_run_on_the_registry_photographs_is_described_with_their_collecting_co
     words = R.data_description(args)
     assert words.startswith("builtin: scikit-image's") and "; then builtin+data/photos: scikit-image's" in words
     assert all(p.file in words for p in REGISTRY_PHOTOS)
+    licences = R.image_licences([{"training": {"data": words}}])
+    assert licences["data/photos/china.jpg"].startswith("CC BY 2.0; danielbuechele on Flickr")
+    assert "data/photos/china.jpg" not in R.image_licences([{"training": {"data": "builtin: ..."}}])
     # another folder is named as it is
     other = {**args, "data": f"builtin+{tmp_path}", "stages": [{"from_step": 6, "set": {"data": f"builtin+{tmp_path}"}, "previous": {"data": "builtin"}}]}
     assert R.reproducible_command(other, "m.pt", 8).endswith(f"--data builtin+{tmp_path} --out m.pt")

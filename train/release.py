@@ -203,6 +203,16 @@ def choose_default(entries: list[dict]) -> tuple[str, str]:
     return best["name"], why
 
 
+def image_licences(models: list[dict]) -> dict[str, str]:
+    """The licence of every photograph the shipped models trained on: the builtin ones, and the
+    registry photographs where a model's data names them."""
+    licences = {f"skimage.data.{k}": v for k, v in BUILTIN_IMAGES.items()}
+    if any(f"{EXTRA_PREFIX}{DEFAULT_PHOTOS}" in str((e.get("training") or {}).get("data", "")) for e in models):
+        licences.update({f"{DEFAULT_PHOTOS}/{p.file}": f"{p.licence}; {p.credit} ({p.package.registry} {p.package.name} "
+                         f"{p.package.version}: {p.member})" for p in REGISTRY_PHOTOS})
+    return licences
+
+
 def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = None, log=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "MANIFEST.json"
@@ -223,9 +233,7 @@ def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = Non
         "default": default,
         "default_reason": why,
         "validation_gains": {g: {"sigma_r": sr, "sigma_s": ss} for g, (sr, ss) in VALIDATION_GAINS.items()},
-        "image_licences": {**{f"skimage.data.{k}": v for k, v in BUILTIN_IMAGES.items()},
-                           **{f"{DEFAULT_PHOTOS}/{p.file}": f"{p.licence}; {p.credit} ({p.package.registry} {p.package.name} "
-                              f"{p.package.version}: {p.member})" for p in REGISTRY_PHOTOS}},
+        "image_licences": image_licences(models),
         "made_by": "python -m train.release " + " ".join(f"models/{e['checkpoint']}" for e in models),
         "models": models,
     }
