@@ -84,6 +84,10 @@ class TrainArgs:
     anneal_floor: float | None = None  # lowest weight of the annealed term; None: 0, or on --resume the checkpoint's
     loss_scale: str | None = None  # train.losses.LOSS_SCALES; None: "linear", or on --resume the checkpoint's
     kernels: str | None = None  # KPN/AME-KPN kernel form (train.models.KERNEL_FORMS); None: the config's default
+    head_width: int | None = None  # KPN/AME-KPN alignment path (KPNConfig.head_width); None: 0, or on --resume the checkpoint's
+    # A new run that starts from another checkpoint's weights (those whose names and shapes match; the rest
+    # keep their initialisation). Resolved to {"path", "sha256", "step"} and kept through resumes.
+    init_from: str | dict | None = None
     quiet: bool = False
     # processes that make the training bursts ahead of the steps (0: in the training process). Not a run
     # field: step s's burst comes from the seed (seed, rank, s) wherever it is made, so a resume may change it.
@@ -93,7 +97,7 @@ class TrainArgs:
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
-                                       "loss_scale"),
+                                       "loss_scale", "init_from"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -176,6 +180,10 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
     ckpt = None
     if args.kernels is not None and args.model in ("st-pan", "pan"):
         raise TrainError(f"--kernels is a KPN/AME-KPN option; {args.model} predicts no kernels")
+    if args.head_width is not None and args.model in ("st-pan", "pan"):
+        raise TrainError(f"--head-width is a KPN/AME-KPN option; {args.model} predicts no kernels")
+    if args.init_from is not None and args.resume:
+        raise TrainError("--init-from starts a new run; --resume continues one: pass one of them")
     if args.resume:
         ckpt = read_checkpoint(args.resume)
         saved = ckpt.get("train_args") or {}
@@ -187,6 +195,10 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
             if args.kernels != held:
                 raise TrainError(f"{args.resume}: --kernels {args.kernels}: the checkpoint's model has {held} kernels "
                                  "(--kernels applies to a new run)")
+        if args.head_width is not None and args.head_width != config_from_dict(ckpt["config"]).head_width:
+            raise TrainError(f"{args.resume}: --head-width {args.head_width}: the checkpoint's model has "
+                             f"{config_from_dict(ckpt['config']).head_width} (--head-width applies to a new run)")
+        args.head_width = None
         # the model's kernel form is the checkpoint's (None: a run from before the option, the default form)
         args.kernels = saved.get("kernels")
         asked = {name: getattr(args, name) for name in STAGE_FIELDS}
@@ -232,7 +244,32 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         args.epoch_iters = max(1, math.ceil(args.iters / 40)) if args.model in ("kpn", "ame-kpn") else 1
     if args.ckpt_every is None:
         args.ckpt_every = args.val_every
+    if isinstance(args.init_from, str):
+        from runtime.files import sha256_file
+
+        source = read_checkpoint(args.init_from)
+        family = (source.get("config") or {}).get("family")
+        if family != args.model:
+            raise TrainError(f"{args.init_from}: --init-from holds a {family} model, not {args.model}")
+        args.init_from = {"path": str(args.init_from), "sha256": sha256_file(args.init_from),
+                          "step": int(source.get("step", 0))}
     return args, ckpt
+
+
+def init_weights_from(net: nn.Module, path: str) -> list[str]:
+    """Copies into `net` the parameters and buffers of checkpoint `path` whose names and shapes match
+    (--init-from); -> the names of `net`'s tensors left at their initialisation. Raises TrainError when
+    the kernel forms differ (the same weights would mean other kernels) or nothing matches."""
+    source = read_checkpoint(path)
+    held = config_from_dict(source["config"])
+    if getattr(held, "kernels", None) != getattr(net.cfg, "kernels", None):
+        raise TrainError(f"{path}: --init-from has {held.kernels} kernels; pass --kernels {held.kernels}")
+    own = net.state_dict()
+    copied = {k: v for k, v in source["model"].items() if k in own and own[k].shape == v.shape}
+    if not copied:
+        raise TrainError(f"{path}: --init-from shares no weights with this model")
+    net.load_state_dict(copied, strict=False)
+    return [k for k in own if k not in copied]
 
 
 def _config(args: TrainArgs, ckpt: dict | None):
@@ -243,6 +280,10 @@ def _config(args: TrainArgs, ckpt: dict | None):
         if args.kernels not in KERNEL_FORMS:
             raise TrainError(f"unknown kernels {args.kernels!r}; choose {', '.join(KERNEL_FORMS)}")
         cfg = replace(cfg, kernels=args.kernels)
+    if args.head_width:
+        if args.head_width < 0:
+            raise TrainError(f"--head-width {args.head_width}: choose 0 (no alignment path) or more channels")
+        cfg = replace(cfg, head_width=args.head_width)
     if args.frames is not None and args.frames != cfg.frames:
         if args.model == "pan":
             raise TrainError("pan takes exactly 1 frame (use st-pan for clips)")
@@ -324,7 +365,12 @@ def train(args: TrainArgs, console=None) -> dict:
                              per_image=args.val_per_image, seed=args.split_seed, motion=args.motion) if rank == 0 else None
 
         torch.manual_seed(args.seed)
-        net = build_model(cfg).to(device)
+        net = build_model(cfg)
+        if args.init_from is not None and ckpt is None:
+            fresh = init_weights_from(net, args.init_from["path"])
+            console.print(f"initialised from {args.init_from['path']} (step {args.init_from['step']}); "
+                          f"{len(fresh)} tensors keep their initialisation" + (f": {', '.join(fresh)}" if fresh else ""))
+        net = net.to(device)
         lr0, decay, floor = LR_SCHEDULES[cfg.family]
         optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
         lr_at = lr_lambda_factory(decay, floor, args.epoch_iters, args.lr_factor)
