@@ -29,7 +29,7 @@ from runtime.files import sha256_file, write_bytes_atomic
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
 # Options of `kpn-train` that define a run (TrainArgs field -> flag), in the order a user writes them.
-_TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("kernels", "--kernels"), ("data", "--data"), ("iters", "--iters"),
+_TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("kernels", "--kernels"), ("head_width", "--head-width"), ("data", "--data"), ("iters", "--iters"),
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
                 ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("augment", "--augment"),
@@ -42,7 +42,14 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     with stages (a --resume that changed a field of train.trainer.STAGE_FIELDS, e.g. --downsample) is
     its first command, then one --resume per stage, joined by " && ". `steps`: where the run was stopped,
     if before its --iters; the command then ends there, which gives the same weights, since the epoch length is explicit in the command and each
-    batch depends only on (seed, rank, step) (tests/test_train.py::test_resume_equals_uninterrupted_run)."""
+    batch depends only on (seed, rank, step) (tests/test_train.py::test_resume_equals_uninterrupted_run).
+    A run started with --init-from SOURCE is preceded by SOURCE's own commands (to its step), which write
+    `out` with ".start" before the suffix (".start.start" for a source that had one, and so on)."""
+    init = train_args.get("init_from")
+    prefix = []
+    if isinstance(init, dict):
+        source_out = str(Path(out).with_suffix(".start" + Path(out).suffix))
+        prefix = [train_command(init.get("train_args") or {}, source_out, steps=init.get("step"))]
     stages = train_args.get("stages") or []
     train_args = {**train_args, "iters": steps if steps is not None else train_args.get("iters")}
     first = dict(train_args) | first_stage_values(train_args)
@@ -54,7 +61,9 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
         value = first.get(field)
         if value is not None:
             parts += [flag, str(value)]
-    commands = [" ".join(parts + ["--out", out])]
+    if prefix:
+        parts += ["--init-from", source_out]
+    commands = prefix + [" ".join(parts + ["--out", out])]
     for i, stage in enumerate(stages):
         until = stages[i + 1]["from_step"] if i + 1 < len(stages) else train_args.get("iters")
         changes = " ".join(f"{flags[name]} {value}" for name, value in stage_changes(stage)[0].items())

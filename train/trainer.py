@@ -86,7 +86,7 @@ class TrainArgs:
     kernels: str | None = None  # KPN/AME-KPN kernel form (train.models.KERNEL_FORMS); None: the config's default
     head_width: int | None = None  # KPN/AME-KPN alignment path (KPNConfig.head_width); None: 0, or on --resume the checkpoint's
     # A new run that starts from another checkpoint's weights (those whose names and shapes match; the rest
-    # keep their initialisation). Resolved to {"path", "sha256", "step"} and kept through resumes.
+    # keep their initialisation). Resolved to {"path", "sha256", "step", "train_args"} and kept through resumes.
     init_from: str | dict | None = None
     quiet: bool = False
     # processes that make the training bursts ahead of the steps (0: in the training process). Not a run
@@ -198,7 +198,7 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         if args.head_width is not None and args.head_width != config_from_dict(ckpt["config"]).head_width:
             raise TrainError(f"{args.resume}: --head-width {args.head_width}: the checkpoint's model has "
                              f"{config_from_dict(ckpt['config']).head_width} (--head-width applies to a new run)")
-        args.head_width = None
+        args.head_width = saved.get("head_width")  # the model's, as for kernels
         # the model's kernel form is the checkpoint's (None: a run from before the option, the default form)
         args.kernels = saved.get("kernels")
         asked = {name: getattr(args, name) for name in STAGE_FIELDS}
@@ -251,8 +251,9 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         family = (source.get("config") or {}).get("family")
         if family != args.model:
             raise TrainError(f"{args.init_from}: --init-from holds a {family} model, not {args.model}")
+        # the source's own run too, so that train.release can write the whole chain of commands
         args.init_from = {"path": str(args.init_from), "sha256": sha256_file(args.init_from),
-                          "step": int(source.get("step", 0))}
+                          "step": int(source.get("step", 0)), "train_args": source.get("train_args") or {}}
     return args, ckpt
 
 
