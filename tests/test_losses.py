@@ -101,6 +101,16 @@ def test_anneal_decay_override_for_short_runs():
         loss_for_family("kpn", 1.5)
 
 
+def test_anneal_decay_zero_is_the_base_loss_alone_from_step_0():
+    """--anneal-decay 0 (runs from trained weights): no annealed term, not even at step 0 (0**0 = 1)."""
+    off = loss_for_family("kpn", 0.0)
+    assert off.weight(0) == 0.0 and off.weight(5) == 0.0
+    target, pred, aux = sample(7, (1, 1, 4, 5)), sample(8, (1, 1, 4, 5)), sample(9, (1, 8, 4, 5))
+    total, parts = off(pred, aux, target, 0)
+    assert float(total) == pytest.approx(eq7(pred, target, 1.0), rel=1e-12) and parts["anneal_weight"] == 0.0
+    assert loss_for_family("kpn", 0.0, floor=0.3).weight(0) == 0.3
+
+
 def test_anneal_floor_holds_the_annealed_weight():
     """--anneal-floor F: weight max(100 x decay^t, F), in the total as eq. 11 with that weight."""
     held = loss_for_family("st-pan", 0.997, floor=0.3)
