@@ -9,6 +9,10 @@ independently, so this is the distribution the model was trained on).
 
 Methods, all scored by `train.metrics.psnr_gamma` / `ssim_gamma` against the clean reference:
 - the noisy reference frame and the plain burst mean (no alignment);
+- the burst mean aligned by the true motion, an oracle no real method is: each frame moved back by the
+  offset it was made with (cubic spline, sub-pixel), each pixel the mean of the frames that cover it.
+  It shows what alignment and averaging alone can give on these bursts (with sub-pixel motion, not
+  the ~9 dB of 8 aligned frames: each moved frame carries interpolation error);
 - OpenCV `fastNlMeansDenoisingMulti` on the 8-bit sRGB-encoded frames (reference in the middle of
   a temporal window of `tws` frames) and BM3D (`bm3d` package) on the sRGB-encoded reference frame.
   Both get their filter strength as a multiple of the noise standard deviation in gamma space
@@ -55,6 +59,7 @@ NLM_STRENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 NLM_WINDOWS = (3, 5, 7)
 BM3D_STRENGTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
 NOISY, MEAN, NLM, BM3D = "Noisy reference", "Burst mean", "OpenCV NLM multi-frame", "BM3D (reference frame)"
+ALIGNED_MEAN = "Burst mean, aligned by the true motion (oracle)"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -126,15 +131,28 @@ def bm3d_denoise(burst: np.ndarray, noise_map: np.ndarray, strength: float) -> n
 # Data
 
 
+def aligned_mean(burst: np.ndarray, offsets: np.ndarray, downsample: int) -> np.ndarray:
+    """The oracle ALIGNED_MEAN: burst [N, h, w] whose frame i was cut `offsets[i]` (dy, dx) full-resolution
+    pixels from the reference window (train.data.make_burst) and box-downsampled by `downsample`, so its
+    pixel p shows the reference's p + offsets[i] / downsample. Frame i moved back by that (cubic spline),
+    then per pixel the mean of the frames whose moved support covers it (the reference always does)."""
+    from scipy.ndimage import shift
+
+    moved = np.stack([shift(frame.astype(np.float64), np.asarray(off, np.float64) / downsample, order=3,
+                            mode="constant", cval=np.nan) for frame, off in zip(burst, offsets)])
+    return np.nanmean(moved, axis=0)
+
+
 def _gain_name(g: int) -> str:
     return f"gain{g}"
 
 
 def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_crops: int, frames: int,
                 seed: int, val_fraction: float, split_seed: int, need_tuning: bool,
-                motion: str = "paper") -> tuple[dict, dict, dict]:
-    """-> (test {gain: (burst [V,N,h,w], nmap [V,1,h,w], clean [V,1,h,w]) numpy}, tuning (same), source info)."""
-    from train.data import MOTION_MODELS, DataError, VALIDATION_GAINS, load_source, validation_set
+                motion: str = "paper") -> tuple[dict, dict, dict, np.ndarray]:
+    """-> (test {gain: (burst [V,N,h,w], nmap [V,1,h,w], clean [V,1,h,w]) numpy}, tuning (same), source info,
+    the test bursts' frame offsets [V,N,2] in full-resolution pixels)."""
+    from train.data import MOTION_MODELS, DataError, VALIDATION_GAINS, load_source, validation_bursts
 
     for g in gains:
         if _gain_name(g) not in VALIDATION_GAINS:
@@ -151,16 +169,16 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
 
     def make(imgs, count, s):
         per = math.ceil(count / len(imgs))
-        vs = validation_set(imgs, frames, 0, crop, per_image=per, seed=s, motion=motion)
-        return {g: tuple(t.numpy()[:count] for t in vs[_gain_name(g)]) for g in gains}
+        vs, offsets = validation_bursts(imgs, frames, 0, crop, per_image=per, seed=s, motion=motion)
+        return {g: tuple(t.numpy()[:count] for t in vs[_gain_name(g)]) for g in gains}, offsets[:count]
 
-    test = make(val_imgs, test_crops, seed)
+    test, test_offsets = make(val_imgs, test_crops, seed)
     tune: dict = {}
     tune_names: list[str] = []
     if need_tuning and tune_crops > 0:
         step = max(len(train_imgs) / tune_crops, 1.0)
         chosen = [train_imgs[int(i * step)] for i in range(min(tune_crops, len(train_imgs)))]
-        tune = make(chosen, tune_crops, seed + 1)
+        tune = make(chosen, tune_crops, seed + 1)[0]
         tune_names = [im.name for im in chosen]
     info = {
         "images": images,
@@ -172,7 +190,7 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
         "split_seed": split_seed,
         "gains": {_gain_name(g): dict(zip(("sigma_r", "sigma_s"), VALIDATION_GAINS[_gain_name(g)])) for g in gains},
     }
-    return test, tune, info
+    return test, tune, info, test_offsets
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -405,7 +423,7 @@ def crops_figure(outputs: dict, test: dict, gain: int, index: int, results: dict
 
     burst, nmap, clean = test[gain]
     panels = [(NOISY, outputs[NOISY][gain][index])]
-    panels += [(name, outs[gain][index]) for name, outs in outputs.items() if name != NOISY]
+    panels += [(name, outs[gain][index]) for name, outs in outputs.items() if name not in (NOISY, ALIGNED_MEAN)]
     panels.append(("Clean", clean[index, 0]))
     cols = min(len(panels), 5)
     rows = math.ceil(len(panels) / cols)
@@ -433,6 +451,8 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
     import cv2
     import torch
 
+    from train.data import DOWNSAMPLE  # the bursts' box-downsampling (validation_bursts' default)
+
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     if use_nlm and frames < 3:
@@ -441,7 +461,7 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
     if need_frames > frames:
         raise BenchError(f"--frames {frames}: a model needs {need_frames} frames")
     gains = sorted(set(gains))
-    test, tuning_data, source = load_bursts(images, gains, crop, test_crops, tune_crops, frames, seed, val_fraction,
+    test, tuning_data, source, test_offsets = load_bursts(images, gains, crop, test_crops, tune_crops, frames, seed, val_fraction,
                                             split_seed, use_bm3d or use_nlm, motion)
     if (use_bm3d or use_nlm) and not tuning_data:
         raise BenchError("--tune-crops must be >= 1 to tune the classical baselines (or --no-nlm --no-bm3d)")
@@ -455,6 +475,8 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
     unavailable: list[dict] = []
     _evaluate(NOISY, lambda g, i: test[g][0][i, 0], test, gains, results, timing, outputs, log)
     _evaluate(MEAN, lambda g, i: test[g][0][i].mean(axis=0), test, gains, results, timing, outputs, log)
+    _evaluate(ALIGNED_MEAN, lambda g, i: aligned_mean(test[g][0][i], test_offsets[i], DOWNSAMPLE), test, gains, results,
+              timing, outputs, log)
     if use_nlm:
         tuning[NLM] = tune(NLM, tuning_data, gains, frames, log)
         _evaluate(NLM, lambda g, i: nlm_denoise(test[g][0][i], test[g][1][i], **tuning[NLM][_gain_name(g)]["params"]),

@@ -442,8 +442,17 @@ def validation_set(images: list[SourceImage], frames: int, reference_index: int,
     """Fixed validation bursts: `per_image` crops of each validation image (channel, place and offsets
     drawn from `seed`), each at the four gains of AME-KPN Table 1 with the same clean frames and
     offsets. -> {gain: (burst [V,N,P,P], noise_map [V,1,P,P], clean [V,1,P,P])}."""
+    return validation_bursts(images, frames, reference_index, crop, per_image, seed, downsample, motion)[0]
+
+
+def validation_bursts(images: list[SourceImage], frames: int, reference_index: int, crop: int,
+                      per_image: int = 4, seed: int = 0, downsample: int = DOWNSAMPLE,
+                      motion: str = "paper") -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], np.ndarray]:
+    """validation_set's bursts and each burst's frame offsets [V, N, 2] (full-resolution pixels, as
+    sample_offsets draws them; the same at every gain), for benchmarks that need the true motion."""
     sampler = BurstSampler(images, frames, reference_index, crop, downsample, motion)
     out: dict[str, list] = {g: [] for g in VALIDATION_GAINS}
+    all_offsets = []
     for i, image in enumerate(sampler.images):
         for k in range(per_image):
             rng = np.random.default_rng([seed, i, k])
@@ -452,9 +461,11 @@ def validation_set(images: list[SourceImage], frames: int, reference_index: int,
             y, x = int(rng.integers(h - sampler.window + 1)), int(rng.integers(w - sampler.window + 1))
             clean = image.linear(channel, (slice(y, y + sampler.window), slice(x, x + sampler.window)))
             offsets = sample_offsets(rng, frames, reference_index, motion)
+            all_offsets.append(offsets)
             for g, (sr, ss) in VALIDATION_GAINS.items():
                 noise_rng = np.random.default_rng([seed, i, k, int(g[-1])])
                 out[g].append(make_burst(clean, frames, sr, ss, noise_rng, reference_index, crop, downsample,
                                          offsets=offsets, position=(BIG_JITTER, BIG_JITTER)))
-    return {g: tuple(torch.from_numpy(np.stack([it[j] for it in items])) for j in range(3))  # type: ignore[misc]
+    sets = {g: tuple(torch.from_numpy(np.stack([it[j] for it in items])) for j in range(3))  # type: ignore[misc]
             for g, items in out.items()}
+    return sets, np.stack(all_offsets)
