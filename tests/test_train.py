@@ -371,9 +371,10 @@ def test_a_gpu_runs_checkpoint_holds_only_cpu_tensors_and_resumes_on_the_cpu(tmp
 
 
 def test_init_from_starts_a_new_run_from_a_checkpoint_and_the_release_reproduces_the_chain(tmp_path, monkeypatch):
-    """--init-from copies the matching weights (a zero-started --head-width path leaves the source's
-    output as it was), records the source (path, sha256, step, its own run), and the release's command
-    lines, run as a user would, rebuild the source and then the new run bit for bit."""
+    """--init-from copies the weights whose names and shapes match (a net of the same shape starts with
+    the source's output; one with other --frames keeps its own first convolution and head), records
+    the source (path, sha256, step, its own run), and the release's command lines, run as a user would,
+    rebuild the source and then the new run bit for bit."""
     from typer.testing import CliRunner
 
     from runtime.files import sha256_file
@@ -383,25 +384,30 @@ def test_init_from_starts_a_new_run_from_a_checkpoint_and_the_release_reproduces
 
     source = tmp_path / "source.pt"
     train(TrainArgs(model="kpn", kernels="projected", iters=2, out=str(source), seed=3, **TINY))
-    net, _ = load_checkpoint(source)
-    aligned = build_model(replace(default_config("kpn"), kernels="projected", head_width=8))
-    fresh = init_weights_from(aligned, str(source))
-    assert fresh and all(name.startswith("alignment_head.") for name in fresh)
+    net, held = load_checkpoint(source)
+    same = build_model(replace(default_config("kpn"), kernels="projected"))
+    assert init_weights_from(same, str(source)) == []
     burst, noise = torch.rand(1, 8, 16, 16), torch.full((1, 1, 16, 16), 0.03)
     with torch.no_grad():
-        assert torch.equal(aligned.eval()(burst, noise), net.eval()(burst, noise))
+        assert torch.equal(same.eval()(burst, noise), net.eval()(burst, noise))
+    four = build_model(replace(default_config("kpn"), kernels="projected", frames=4))
+    fresh = init_weights_from(four, str(source))
+    assert fresh == ["backbone.encoders.0.0.weight", "kernel_head.weight", "kernel_head.bias"]
+    for name, tensor in four.state_dict().items():
+        if name not in fresh:
+            assert torch.equal(tensor, held["model"][name]), name
 
     child = tmp_path / "child.pt"
-    train(TrainArgs(model="kpn", kernels="projected", head_width=8, init_from=str(source), iters=2, lr=5e-5,
-                    anneal_decay=0.99, out=str(child), **TINY))
+    train(TrainArgs(model="kpn", kernels="projected", init_from=str(source), iters=2, lr=5e-5, anneal_decay=0.0,
+                    out=str(child), **TINY))
     train(TrainArgs(model="kpn", iters=3, resume=str(child), out=str(child), **TINY))  # the record survives a resume
     ckpt = torch.load(child, weights_only=True)
-    assert ckpt["config"]["head_width"] == 8
     init = ckpt["train_args"]["init_from"]
     assert init["path"] == str(source) and init["sha256"] == sha256_file(source) and init["step"] == 2
     commands = train_command(ckpt["train_args"], "again.pt").split(" && ")
-    assert len(commands) == 2 and "--out again.start.pt" in commands[0]
-    assert "--head-width 8 " in commands[1] and "--init-from again.start.pt " in commands[1]
+    assert len(commands) == 2 and "--iters 2 " in commands[0] and commands[0].endswith("--out again.start.pt")
+    assert "--iters 3 " in commands[1] and "--anneal-decay 0.0 " in commands[1]
+    assert commands[1].endswith("--init-from again.start.pt --out again.pt")
     monkeypatch.chdir(tmp_path)
     for command in commands:
         argv = shlex.split(command)[1:] + ["--quiet", "--val-crop", "16", "--val-per-image", "1"]
@@ -412,7 +418,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoint_and_the_release_reproduces
         assert torch.equal(v, again["model"][k]), k
 
 
-def test_init_from_and_head_width_refuse_what_they_cannot_do(tmp_path):
+def test_init_from_refuses_what_it_cannot_do(tmp_path):
     source = tmp_path / "source.pt"
     train(TrainArgs(model="kpn", kernels="projected", iters=1, out=str(source), **TINY))
     with pytest.raises(TrainError, match="pass --kernels projected"):
@@ -421,7 +427,3 @@ def test_init_from_and_head_width_refuse_what_they_cannot_do(tmp_path):
         train(TrainArgs(model="ame-kpn", init_from=str(source), iters=1, out=str(tmp_path / "b.pt"), **TINY))
     with pytest.raises(TrainError, match="pass one of them"):
         train(TrainArgs(model="kpn", init_from=str(source), resume=str(source), iters=2, out=str(source), **TINY))
-    with pytest.raises(TrainError, match="has 0 \\(--head-width applies to a new run\\)"):
-        train(TrainArgs(model="kpn", head_width=8, resume=str(source), iters=2, out=str(source), **TINY))
-    with pytest.raises(TrainError, match="KPN/AME-KPN option"):
-        train(TrainArgs(model="st-pan", head_width=8, iters=1, out=str(tmp_path / "c.pt"), **TINY))

@@ -84,9 +84,8 @@ class TrainArgs:
     anneal_floor: float | None = None  # lowest weight of the annealed term; None: 0, or on --resume the checkpoint's
     loss_scale: str | None = None  # train.losses.LOSS_SCALES; None: "linear", or on --resume the checkpoint's
     kernels: str | None = None  # KPN/AME-KPN kernel form (train.models.KERNEL_FORMS); None: the config's default
-    head_width: int | None = None  # KPN/AME-KPN alignment path (KPNConfig.head_width); None: 0, or on --resume the checkpoint's
-    # A new run that starts from another checkpoint's weights (those whose names and shapes match; the rest
-    # keep their initialisation). Resolved to {"path", "sha256", "step", "train_args"} and kept through resumes.
+    # A new run that starts from another checkpoint's weights (those whose names and shapes match; the rest,
+    # e.g. the first convolution and the head of a net with another --frames, keep their initialisation). Resolved to {"path", "sha256", "step", "train_args"} and kept through resumes.
     init_from: str | dict | None = None
     quiet: bool = False
     # processes that make the training bursts ahead of the steps (0: in the training process). Not a run
@@ -180,8 +179,6 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
     ckpt = None
     if args.kernels is not None and args.model in ("st-pan", "pan"):
         raise TrainError(f"--kernels is a KPN/AME-KPN option; {args.model} predicts no kernels")
-    if args.head_width is not None and args.model in ("st-pan", "pan"):
-        raise TrainError(f"--head-width is a KPN/AME-KPN option; {args.model} predicts no kernels")
     if args.init_from is not None and args.resume:
         raise TrainError("--init-from starts a new run; --resume continues one: pass one of them")
     if args.resume:
@@ -195,10 +192,6 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
             if args.kernels != held:
                 raise TrainError(f"{args.resume}: --kernels {args.kernels}: the checkpoint's model has {held} kernels "
                                  "(--kernels applies to a new run)")
-        if args.head_width is not None and args.head_width != config_from_dict(ckpt["config"]).head_width:
-            raise TrainError(f"{args.resume}: --head-width {args.head_width}: the checkpoint's model has "
-                             f"{config_from_dict(ckpt['config']).head_width} (--head-width applies to a new run)")
-        args.head_width = saved.get("head_width")  # the model's, as for kernels
         # the model's kernel form is the checkpoint's (None: a run from before the option, the default form)
         args.kernels = saved.get("kernels")
         asked = {name: getattr(args, name) for name in STAGE_FIELDS}
@@ -281,10 +274,6 @@ def _config(args: TrainArgs, ckpt: dict | None):
         if args.kernels not in KERNEL_FORMS:
             raise TrainError(f"unknown kernels {args.kernels!r}; choose {', '.join(KERNEL_FORMS)}")
         cfg = replace(cfg, kernels=args.kernels)
-    if args.head_width:
-        if args.head_width < 0:
-            raise TrainError(f"--head-width {args.head_width}: choose 0 (no alignment path) or more channels")
-        cfg = replace(cfg, head_width=args.head_width)
     if args.frames is not None and args.frames != cfg.frames:
         if args.model == "pan":
             raise TrainError("pan takes exactly 1 frame (use st-pan for clips)")

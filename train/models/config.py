@@ -44,18 +44,9 @@ class KPNConfig:
     #   its gradient whatever its weight. Taps may be negative, as the papers' raw kernels.
     # "raw": the papers' kernels, z as it is.
     kernels: str = "softmax"
-    # Channels of the alignment path added to the kernel head (0: none, the papers' single 3x3 head).
-    # The papers' full-resolution U-Net level is 64 channels wide; the small preset's is 16, from which
-    # one linear 3x3 head must predict N*K*K = 200 taps, i.e. each frame's alignment at each pixel. The
-    # path sees the burst itself besides the features: [burst, noise map, features] -> 3x3 conv ->
-    # ReLU -> 3x3 conv -> ReLU -> 1x1 conv, added to the head's kernel outputs. Its last conv starts
-    # at zero, so a net warm-started from one without the path (kpn-train --init-from) starts as it.
-    head_width: int = 0
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
-        if self.head_width < 0:
-            raise ValueError(f"{self.family}: head_width must be >= 0, got {self.head_width}")
         if self.kernels not in KERNEL_FORMS:
             raise ValueError(f"{self.family}: unknown kernels {self.kernels!r}; choose {', '.join(KERNEL_FORMS)}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -71,9 +62,8 @@ class KPNConfig:
 
     @property
     def receptive_radius(self) -> int:
-        # U-Net, then the 3x3 head (or the alignment path's two 3x3 convs), then the KxK adaptive convolution.
-        head = 2 if self.head_width else 1
-        return unet_receptive_radius(self.widths, self.convs_per_block) + head + self.kernel_size // 2
+        # U-Net, then the 3x3 head, then the KxK adaptive convolution.
+        return unet_receptive_radius(self.widths, self.convs_per_block) + 1 + self.kernel_size // 2
 
     @property
     def tiling_exact(self) -> bool:
@@ -83,8 +73,6 @@ class KPNConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
-        if not self.head_width:  # nets without the path keep the config (and config_sha256) they had
-            d.pop("head_width")
         return d
 
 

@@ -32,17 +32,6 @@ class KernelPredictionNet(nn.Module):
             self.weight_head = nn.Conv2d(f, n, 3, padding=1)  # M_w
         else:
             self.kernel_head = nn.Conv2d(f, n * k * k, 3, padding=1)
-        self.alignment_head = None
-        if cfg.head_width:  # see KPNConfig.head_width
-            c = cfg.head_width
-            self.alignment_head = nn.Sequential(
-                nn.Conv2d(n + 1 + f, c, 3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(c, n * k * k, 1),
-            )
-            with torch.no_grad():
-                self.alignment_head[-1].weight.zero_()
-                self.alignment_head[-1].bias.zero_()
         self._init_identity_kernels()
 
     # Initial softmax kernels: each frame's weight sits 69% on its centre pixel (logit 4 against 0 for
@@ -100,15 +89,12 @@ class KernelPredictionNet(nn.Module):
     def _run(self, burst: Tensor, noise_map: Tensor, with_estimates: bool) -> tuple[Tensor, Tensor | None]:
         b, n, h, w = burst.shape
         k2 = self.cfg.kernel_size**2
-        inputs = torch.cat([burst, noise_map], dim=1)
-        features = self.backbone(inputs)
+        features = self.backbone(torch.cat([burst, noise_map], dim=1))
         if self.cfg.attention:
             kr = self.kernel_residual_head(features)
             kernels, residuals = kr[:, : n * k2], kr[:, n * k2 :]
         else:
             kernels = self.kernel_head(features)
-        if self.alignment_head is not None:
-            kernels = kernels + self.alignment_head(torch.cat([inputs, features], dim=1))
         if self.cfg.kernels == "softmax":
             kernels = channel_softmax(kernels) * n
         elif self.cfg.kernels == "projected":
