@@ -23,6 +23,20 @@ TINY = dict(crop=16, val_crop=16, val_per_image=1, batch_size=2, quiet=True)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _run_as_a_user(commands: list[str], folder: Path, monkeypatch, out: str) -> dict:
+    """Runs kpn-train command lines (train.release's) in `folder` through the CLI; -> the checkpoint `out`."""
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    monkeypatch.chdir(folder)
+    for command in commands:
+        argv = shlex.split(command)[1:] + ["--quiet", "--val-crop", "16", "--val-per-image", "1"]
+        r = CliRunner().invoke(app, argv)
+        assert r.exit_code == 0, r.output
+    return torch.load(folder / out, weights_only=True)
+
+
 def test_tiny_training_loss_falls_and_checkpoint_reproduces_validation(tmp_path):
     out = tmp_path / "kpn.pt"
     m = train(TrainArgs(model="kpn", iters=40, val_every=40, out=str(out), lr=3e-4, seed=3, **{**TINY, "crop": 32}))
@@ -88,9 +102,6 @@ def test_downsample_option_scales_the_training_bursts(tmp_path):
 
 
 def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_reproduces(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from train.cli import app
     from train.release import train_command
 
     staged = tmp_path / "staged.pt"
@@ -118,12 +129,7 @@ def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_repro
     assert commands[1] == "kpn-train --model pan --resume again.pt --iters 3 --downsample 2 --out again.pt"
     assert commands[2] == "kpn-train --model pan --resume again.pt --iters 4 --still-fraction 0.5 --out again.pt"
     assert commands[3] == "kpn-train --model pan --resume again.pt --iters 5 --augment dihedral --lr-factor 0.5 --anneal-floor 0.3 --loss-scale log --out again.pt"
-    monkeypatch.chdir(tmp_path)
-    for command in commands:
-        argv = shlex.split(command)[1:] + ["--quiet", "--val-crop", "16", "--val-per-image", "1"]
-        r = CliRunner().invoke(app, argv)
-        assert r.exit_code == 0, r.output
-    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    again = _run_as_a_user(commands, tmp_path, monkeypatch, "again.pt")
     assert again["train_args"]["stages"] == ckpt["train_args"]["stages"]
     for k, v in ckpt["model"].items():
         assert torch.equal(v, again["model"][k]), k
@@ -375,10 +381,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoint_and_the_release_reproduces
     the source's output; one with other --frames keeps its own first convolution and head), records
     the source (path, sha256, step, its own run), and the release's command lines, run as a user would,
     rebuild the source and then the new run bit for bit."""
-    from typer.testing import CliRunner
-
     from runtime.files import sha256_file
-    from train.cli import app
     from train.release import train_command
     from train.trainer import init_weights_from
 
@@ -408,12 +411,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoint_and_the_release_reproduces
     assert len(commands) == 2 and "--iters 2 " in commands[0] and commands[0].endswith("--out again.start.pt")
     assert "--iters 3 " in commands[1] and "--anneal-decay 0.0 " in commands[1]
     assert commands[1].endswith("--init-from again.start.pt --out again.pt")
-    monkeypatch.chdir(tmp_path)
-    for command in commands:
-        argv = shlex.split(command)[1:] + ["--quiet", "--val-crop", "16", "--val-per-image", "1"]
-        r = CliRunner().invoke(app, argv)
-        assert r.exit_code == 0, r.output
-    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    again = _run_as_a_user(commands, tmp_path, monkeypatch, "again.pt")
     for k, v in ckpt["model"].items():
         assert torch.equal(v, again["model"][k]), k
 

@@ -128,8 +128,8 @@ def loss_for_family(family: str, decay: float | None = None, floor: float = 0.0,
     over the N frames or s groups) still outweighs the output's own loss after 10k steps, so a run of a
     few thousand steps would fit the per-frame estimates, not the output. Decay 0: no annealed term, for
     a run that starts from trained weights (kpn-train --init-from): measured on the shipped KPN, a decay
-    of 0.99 (the term over the output's loss for ~450 steps) took it from 28.95 to 24.75 dB in 250 steps. `floor` keeps the term's weight
-    from falling below it: the per-frame/per-group estimates keep training every frame's kernels or
+    of 0.99 (the term over the output's loss for ~450 steps) took it from 28.95 to 24.75 dB in 250 steps.
+    `floor` keeps the term's weight from falling below it: the per-frame/per-group estimates keep training every frame's kernels or
     offsets after the annealing, which a softmax that gives the reference nearly all the weight no
     longer does (issue 8's note). `scale`: one of LOSS_SCALES (module doc)."""
     decay = PAPER_DECAY if decay is None else decay

@@ -85,7 +85,8 @@ class TrainArgs:
     loss_scale: str | None = None  # train.losses.LOSS_SCALES; None: "linear", or on --resume the checkpoint's
     kernels: str | None = None  # KPN/AME-KPN kernel form (train.models.KERNEL_FORMS); None: the config's default
     # A new run that starts from another checkpoint's weights (those whose names and shapes match; the rest,
-    # e.g. the first convolution and the head of a net with another --frames, keep their initialisation). Resolved to {"path", "sha256", "step", "train_args"} and kept through resumes.
+    # e.g. the first convolution and the head of a net with another --frames, keep their initialisation).
+    # Resolved to {"path", "sha256", "step", "train_args"} and kept through resumes.
     init_from: str | dict | None = None
     quiet: bool = False
     # processes that make the training bursts ahead of the steps (0: in the training process). Not a run
