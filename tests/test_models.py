@@ -202,6 +202,23 @@ def test_paper_widths_build_and_count():
     assert all(c > 10_000_000 for c in counts.values()), counts
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_medium_width_doubles_every_channel_of_small(family):
+    small, medium = default_config(family, "small"), default_config(family, "medium")
+    assert medium.widths == tuple(2 * w for w in small.widths)
+    assert medium.convs_per_block == small.convs_per_block and medium.width == "medium"
+    # Twice the channels of every layer: close to 4x the weights (first and last layers grow 2x).
+    ratio = count_parameters(build_model(medium)) / count_parameters(build_model(small))
+    assert 3.5 < ratio < 4.0, ratio
+    burst = torch.rand(1, medium.frames, 16, 16)
+    assert build_model(medium)(burst, torch.full((1, 1, 16, 16), 0.02)).shape == (1, 1, 16, 16)
+
+
+def test_unknown_width_is_refused():
+    with pytest.raises(ValueError, match="unknown width 'huge'"):
+        default_config("kpn", "huge")
+
+
 def test_channel_softmax_equals_torch_softmax():
     from train.models.blocks import channel_softmax
 

@@ -66,6 +66,7 @@ def code_commit() -> str | None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """Write to a temporary file in the same folder, then rename: never a partial checkpoint."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

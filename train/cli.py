@@ -16,7 +16,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 @app.command()
 def run(
     model: str = typer.Option(..., "--model", help="kpn, ame-kpn, st-pan or pan"),
-    width: str = typer.Option("small", "--width", help="small (CPU) or paper (the papers' widths)"),
+    width: str = typer.Option("small", "--width", help="small (CPU), medium (twice small's channels, for a GPU) or paper (the papers' widths)"),
     data: Optional[str] = typer.Option(None, "--data", help="builtin (default: scikit-image's photographs, a fixed validation split), a folder of images (recursive; jpg/png/tif; a fifth of them, chosen by name, validate), or builtin+FOLDER (builtin with FOLDER's images added for training, e.g. from `python -m train.photos`). With --resume, a new value starts a new stage of the run"),
     iters: int = typer.Option(1000, "--iters", help="total optimizer steps (a resumed run continues to this)"),
     batch_size: int = typer.Option(4, "--batch-size", help="bursts per step (per process under torchrun)"),

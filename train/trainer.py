@@ -35,7 +35,7 @@ from .checkpoint import CheckpointError, code_commit, read_checkpoint, save_chec
 from .data import AUGMENTATIONS, DOWNSAMPLE, NOISE_RANGES, VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
 from .losses import loss_for_family
 from .metrics import psnr_gamma, ssim_gamma
-from .models import KERNEL_FORMS, build_model, config_from_dict, default_config
+from .models import KERNEL_FORMS, WIDTHS, build_model, config_from_dict, default_config
 
 # (initial lr, decay per epoch, floor as a fraction of the initial lr)
 LR_SCHEDULES = {
@@ -214,8 +214,8 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
             setattr(args, name, unset)
     if args.model not in LR_SCHEDULES:
         raise TrainError(f"unknown model {args.model!r}; choose one of {', '.join(LR_SCHEDULES)}")
-    if args.width not in ("small", "paper"):
-        raise TrainError(f"unknown width {args.width!r}; choose small or paper")
+    if args.width not in WIDTHS:
+        raise TrainError(f"unknown width {args.width!r}; choose one of {', '.join(WIDTHS)}")
     for name in ("iters", "batch_size", "crop", "val_every", "val_crop", "val_per_image"):
         if getattr(args, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

@@ -18,6 +18,10 @@ PAPER_CONVS = 3
 # Small presets train on a 2-core CPU (< 2M parameters, ~tens of kMAC per pixel).
 SMALL_WIDTHS = (16, 32, 64, 128)
 SMALL_CONVS = 2
+# Medium: the small layout at twice the channels (4x the parameters and MACs, ~2M for KPN), for a lent GPU:
+# the step between what a CPU trains and the papers' ~30M, still small enough to ship (~8 MB of fp32 weights).
+MEDIUM_WIDTHS = (32, 64, 128, 256)
+MEDIUM_CONVS = 2
 # KPNConfig.kernels: how the predicted kernels are normalised.
 KERNEL_FORMS = ("softmax", "projected", "raw")
 
@@ -127,7 +131,7 @@ class PANConfig:
 
 ModelConfig = KPNConfig | PANConfig
 FAMILIES = ("kpn", "ame-kpn", "st-pan", "pan")
-WIDTHS = ("small", "paper")
+WIDTHS = ("small", "medium", "paper")
 
 
 def default_config(family: str, width: str = "small") -> ModelConfig:
@@ -135,11 +139,11 @@ def default_config(family: str, width: str = "small") -> ModelConfig:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     if width not in WIDTHS:
         raise ValueError(f"unknown width {width!r}; choose one of {', '.join(WIDTHS)}")
-    backbone = (
-        dict(widths=PAPER_WIDTHS, convs_per_block=PAPER_CONVS)
-        if width == "paper"
-        else dict(widths=SMALL_WIDTHS, convs_per_block=SMALL_CONVS)
-    )
+    backbone = {
+        "small": dict(widths=SMALL_WIDTHS, convs_per_block=SMALL_CONVS),
+        "medium": dict(widths=MEDIUM_WIDTHS, convs_per_block=MEDIUM_CONVS),
+        "paper": dict(widths=PAPER_WIDTHS, convs_per_block=PAPER_CONVS),
+    }[width]
     if family in ("kpn", "ame-kpn"):
         return KPNConfig(family=family, width=width, **backbone)
     paper = width == "paper"
