@@ -18,8 +18,8 @@ PAPER_CONVS = 3
 # Small presets train on a 2-core CPU (< 2M parameters, ~tens of kMAC per pixel).
 SMALL_WIDTHS = (16, 32, 64, 128)
 SMALL_CONVS = 2
-# Medium: the small layout at twice the channels (4x the parameters and MACs, ~2M for KPN), for a lent GPU:
-# the step between what a CPU trains and the papers' ~30M, still small enough to ship (~8 MB of fp32 weights).
+# Medium: the small layout at twice the channels (~4x the parameters, ~2M; ~3x the MACs per pixel), for a lent
+# GPU: a step between what a CPU trains and the papers' ~28M, still small enough to ship (~8 MB of fp32 weights).
 MEDIUM_WIDTHS = (32, 64, 128, 256)
 MEDIUM_CONVS = 2
 # KPNConfig.kernels: how the predicted kernels are normalised.
