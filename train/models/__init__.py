@@ -7,6 +7,7 @@ from torch import nn
 from .config import (
     FAMILIES,
     KERNEL_FORMS,
+    RESIDUAL_FORMS,
     WIDTHS,
     KPNConfig,
     ModelConfig,
@@ -21,6 +22,7 @@ from .pan import PixelAggregationNet
 __all__ = [
     "FAMILIES",
     "KERNEL_FORMS",
+    "RESIDUAL_FORMS",
     "WIDTHS",
     "KPNConfig",
     "PANConfig",

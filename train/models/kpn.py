@@ -17,6 +17,7 @@ class KernelPredictionNet(nn.Module):
 
     KPN:     Y_i = X_i (*) K_i;                                   Y = mean_i Y_i
     AME-KPN: Y_i = sigmoid(W_i) * (X_i (*) K_i) + (1 - sigmoid(W_i)) * R_i   (eq. 4)
+             R_i = r_i (cfg.residuals "image") or X_ref + r_i ("reference"), r_i the branch's output
     cfg.kernels: K = N * softmax of the head's output z over all N*K*K taps of a pixel ("softmax"), z
     projected onto sum(K) = N ("projected"), or z itself ("raw", the papers'); see KPNConfig.
     """
@@ -93,6 +94,9 @@ class KernelPredictionNet(nn.Module):
         if self.cfg.attention:
             kr = self.kernel_residual_head(features)
             kernels, residuals = kr[:, : n * k2], kr[:, n * k2 :]
+            if self.cfg.residuals == "reference":
+                ref = self.cfg.reference_index
+                residuals = residuals + burst[:, ref : ref + 1]
         else:
             kernels = self.kernel_head(features)
         if self.cfg.kernels == "softmax":
