@@ -55,7 +55,8 @@ class KPNConfig:
     # "reference": R_i = X_ref + r_i, a correction of the noisy reference frame, as the paper's word
     #   "residual" suggests: at low noise r_i is small, where an image read out of the last feature
     #   layer must carry every detail itself (our small AME-KPNs give the branch most of the weight at
-    #   gain 1 and lose there to KPN).
+    #   gain 1 and lose there to KPN). Each R_i also enters in its frame's kernel share, so that the
+    #   output stays on the image's scale (KernelPredictionNet._run says why).
     residuals: str = "image"
 
     def __post_init__(self):
