@@ -151,15 +151,12 @@ def test_onnxruntime_matches_pytorch(exported, b, h, w):
     assert float(np.abs(expected).max()) > 1e-3  # not a trivially zero output
 
 
-@pytest.mark.parametrize("family,options", [("kpn", dict(kernels="projected")),
-                                            ("ame-kpn", dict(kernels="projected", residuals="reference"))])
-def test_projected_kernel_kpn_exports_and_matches_pytorch(tmp_path, family, options):
-    """kpn-train --kernels projected (and AME-KPN's --residuals reference): the projection and the
-    reference added to the residuals are plain ONNX ops around kpn::AdaptiveConv."""
+def test_projected_kernel_kpn_exports_and_matches_pytorch(tmp_path):
+    """kpn-train --kernels projected: the projection is plain ONNX ops around kpn::AdaptiveConv."""
     from dataclasses import replace
 
     torch.manual_seed(11)
-    cfg = replace(default_config(family, "small"), **options)
+    cfg = replace(default_config("kpn", "small"), kernels="projected")
     model = build_model(cfg)
     with torch.no_grad():
         for p in model.parameters():

@@ -139,33 +139,6 @@ def test_ame_kpn_blends_kernels_and_residuals_by_eq4(weight_bias, expect):
     torch.testing.assert_close(out, target, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("residuals", ["image", "reference"])
-def test_ame_kpn_residual_forms(residuals):
-    """With the weight map at 0 the output is the mean of the R_i: the branch's outputs r_i ("image"), or
-    the noisy reference plus r_i, each weighted by its frame's kernel share ("reference")."""
-    cfg = replace(default_config("ame-kpn"), kernels="projected", residuals=residuals, reference_index=2)
-    model = build_model(cfg).eval()
-    n, k2 = cfg.frames, cfg.kernel_size**2
-    _zero_head(model.weight_head)
-    with torch.no_grad():
-        model.kernel_residual_head.weight[n * k2 :].zero_()
-        model.kernel_residual_head.bias[n * k2 :] = torch.linspace(-0.1, 0.2, n)  # r_i, mean 0.05
-        model.weight_head.bias.fill_(-30.0)  # sigmoid(W) ~ 0
-    burst = torch.rand(1, n, 16, 16)
-    out = model(burst, torch.zeros(1, 1, 16, 16))
-    r = torch.linspace(-0.1, 0.2, n)
-    if residuals == "image":  # eq. 4 as written: the mean of the R_i
-        target = torch.full_like(out, float(r.mean()))
-    else:  # each R_i = X_ref + r_i in its frame's share: fresh projected kernels give the reference
-        # half of the N, the others equal parts of the rest
-        shares = torch.full((n,), n * 0.5 / (n - 1))
-        shares[2] = n * 0.5
-        target = burst[:, 2:3] + float((shares * r).mean())
-    torch.testing.assert_close(out, target, atol=1e-6, rtol=1e-6)
-    with pytest.raises(ValueError, match="unknown residuals 'noise'"):
-        replace(cfg, residuals="noise")
-
-
 def test_st_pan_with_zero_offsets_and_flat_weights_is_a_3d_box_filter():
     cfg = default_config("st-pan")
     model = build_model(cfg).eval()

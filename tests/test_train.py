@@ -16,7 +16,7 @@ import torch
 from train.checkpoint import load_checkpoint
 from train.data import BurstSampler, load_source, validation_set
 from train.losses import loss_for_family
-from train.models import build_model, config_from_dict, default_config
+from train.models import build_model, default_config
 from train.trainer import LR_SCHEDULES, TrainArgs, TrainError, evaluate, lr_lambda_factory, step_batches, train
 
 TINY = dict(crop=16, val_crop=16, val_per_image=1, batch_size=2, quiet=True)
@@ -287,8 +287,6 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     _one_line_error(_cli("--model", "kpn", "--loss-scale", "db", "--out", out), "--loss-scale", "unknown loss scale 'db'")
     _one_line_error(_cli("--model", "kpn", "--kernels", "sigmoid", "--out", out), "unknown kernels 'sigmoid'")
     _one_line_error(_cli("--model", "st-pan", "--kernels", "projected", "--out", out), "--kernels", "st-pan predicts no kernels")
-    _one_line_error(_cli("--model", "ame-kpn", "--residuals", "noise", "--out", out), "unknown residuals 'noise'")
-    _one_line_error(_cli("--model", "kpn", "--residuals", "reference", "--out", out), "--residuals", "kpn has no residual branch")
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(_cli("--model", "kpn", "--data", str(empty), "--out", out), str(empty), "no images")
@@ -308,26 +306,6 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     good = tmp_path / "good.pt"
     train(TrainArgs(model="pan", iters=1, out=str(good), **TINY))
     _one_line_error(_cli("--model", "kpn", "--resume", str(good), "--out", out), "holds a pan model")
-
-
-def test_residuals_option_sets_a_new_ame_kpns_model_and_its_release_command(tmp_path):
-    """--residuals reference makes a new AME-KPN's R_i the reference plus the branch's output (config,
-    train_args and release command); a resume keeps it and refuses the other form; runs without the
-    option keep their command without it."""
-    from train.release import train_command
-
-    out = tmp_path / "a.pt"
-    train(TrainArgs(model="ame-kpn", iters=1, kernels="projected", residuals="reference", out=str(out), **TINY))
-    ckpt = torch.load(out, weights_only=True)
-    assert ckpt["config"]["residuals"] == "reference" and ckpt["train_args"]["residuals"] == "reference"
-    assert " --kernels projected --residuals reference " in train_command(ckpt["train_args"], "a.pt")
-    assert build_model(config_from_dict(ckpt["config"])).cfg.residuals == "reference"
-    train(TrainArgs(model="ame-kpn", iters=2, resume=str(out), out=str(out), **TINY))
-    assert torch.load(out, weights_only=True)["config"]["residuals"] == "reference"
-    with pytest.raises(TrainError, match="has reference residuals"):
-        train(TrainArgs(model="ame-kpn", iters=3, resume=str(out), residuals="image", out=str(out), **TINY))
-    legacy = {k: v for k, v in ckpt["train_args"].items() if k != "residuals"}
-    assert "--residuals" not in train_command(legacy, "a.pt")
 
 
 def test_code_commit_is_read_once_per_process(monkeypatch):

@@ -29,7 +29,7 @@ from runtime.files import sha256_file, write_bytes_atomic
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
 # Options of `kpn-train` that define a run (TrainArgs field -> flag), in the order a user writes them.
-_TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("kernels", "--kernels"), ("residuals", "--residuals"), ("data", "--data"), ("iters", "--iters"),
+_TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("kernels", "--kernels"), ("data", "--data"), ("iters", "--iters"),
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
                 ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("augment", "--augment"),

@@ -35,7 +35,7 @@ from .checkpoint import CheckpointError, code_commit, read_checkpoint, save_chec
 from .data import AUGMENTATIONS, DOWNSAMPLE, NOISE_RANGES, VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
 from .losses import loss_for_family
 from .metrics import psnr_gamma, ssim_gamma
-from .models import KERNEL_FORMS, RESIDUAL_FORMS, WIDTHS, build_model, config_from_dict, default_config
+from .models import KERNEL_FORMS, WIDTHS, build_model, config_from_dict, default_config
 
 # (initial lr, decay per epoch, floor as a fraction of the initial lr)
 LR_SCHEDULES = {
@@ -84,7 +84,6 @@ class TrainArgs:
     anneal_floor: float | None = None  # lowest weight of the annealed term; None: 0, or on --resume the checkpoint's
     loss_scale: str | None = None  # train.losses.LOSS_SCALES; None: "linear", or on --resume the checkpoint's
     kernels: str | None = None  # KPN/AME-KPN kernel form (train.models.KERNEL_FORMS); None: the config's default
-    residuals: str | None = None  # AME-KPN's R_i (train.models.RESIDUAL_FORMS); None: the config's default
     # A new run that starts from another checkpoint's weights (those whose names and shapes match; the rest,
     # e.g. the first convolution and the head of a net with another --frames, keep their initialisation).
     # Resolved to {"path", "sha256", "step", "train_args"} and kept through resumes.
@@ -181,8 +180,6 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
     ckpt = None
     if args.kernels is not None and args.model in ("st-pan", "pan"):
         raise TrainError(f"--kernels is a KPN/AME-KPN option; {args.model} predicts no kernels")
-    if args.residuals is not None and args.model != "ame-kpn":
-        raise TrainError(f"--residuals is an AME-KPN option; {args.model} has no residual branch")
     if args.init_from is not None and args.resume:
         raise TrainError("--init-from starts a new run; --resume continues one: pass one of them")
     if args.resume:
@@ -196,14 +193,8 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
             if args.kernels != held:
                 raise TrainError(f"{args.resume}: --kernels {args.kernels}: the checkpoint's model has {held} kernels "
                                  "(--kernels applies to a new run)")
-        if args.residuals is not None:
-            held = config_from_dict(ckpt["config"]).residuals
-            if args.residuals != held:
-                raise TrainError(f"{args.resume}: --residuals {args.residuals}: the checkpoint's model has {held} "
-                                 "residuals (--residuals applies to a new run)")
-        # the model's kernel and residual forms are the checkpoint's (None: a run from before the option)
+        # the model's kernel form is the checkpoint's (None: a run from before the option, the default form)
         args.kernels = saved.get("kernels")
-        args.residuals = saved.get("residuals")
         asked = {name: getattr(args, name) for name in STAGE_FIELDS}
         for name in args.RUN_FIELDS:
             if name in saved:
@@ -284,10 +275,6 @@ def _config(args: TrainArgs, ckpt: dict | None):
         if args.kernels not in KERNEL_FORMS:
             raise TrainError(f"unknown kernels {args.kernels!r}; choose {', '.join(KERNEL_FORMS)}")
         cfg = replace(cfg, kernels=args.kernels)
-    if args.residuals is not None:
-        if args.residuals not in RESIDUAL_FORMS:
-            raise TrainError(f"unknown residuals {args.residuals!r}; choose {', '.join(RESIDUAL_FORMS)}")
-        cfg = replace(cfg, residuals=args.residuals)
     if args.frames is not None and args.frames != cfg.frames:
         if args.model == "pan":
             raise TrainError("pan takes exactly 1 frame (use st-pan for clips)")

@@ -7,7 +7,6 @@ from torch import nn
 from .config import (
     FAMILIES,
     KERNEL_FORMS,
-    RESIDUAL_FORMS,
     WIDTHS,
     KPNConfig,
     ModelConfig,
@@ -22,7 +21,6 @@ from .pan import PixelAggregationNet
 __all__ = [
     "FAMILIES",
     "KERNEL_FORMS",
-    "RESIDUAL_FORMS",
     "WIDTHS",
     "KPNConfig",
     "PANConfig",

@@ -24,8 +24,6 @@ MEDIUM_WIDTHS = (32, 64, 128, 256)
 MEDIUM_CONVS = 2
 # KPNConfig.kernels: how the predicted kernels are normalised.
 KERNEL_FORMS = ("softmax", "projected", "raw")
-# KPNConfig.residuals (AME-KPN): what the residual branch's output r_i is.
-RESIDUAL_FORMS = ("image", "reference")
 
 
 @dataclass
@@ -50,21 +48,11 @@ class KPNConfig:
     #   its gradient whatever its weight. Taps may be negative, as the papers' raw kernels.
     # "raw": the papers' kernels, z as it is.
     kernels: str = "softmax"
-    # AME-KPN's R_i in eq. 4 (kpn-train --residuals; KPN has no residual branch):
-    # "image": R_i = r_i, the branch's output as it is (eq. 4 read literally; every shipped AME-KPN).
-    # "reference": R_i = X_ref + r_i, a correction of the noisy reference frame, as the paper's word
-    #   "residual" suggests: at low noise r_i is small, where an image read out of the last feature
-    #   layer must carry every detail itself (our small AME-KPNs give the branch most of the weight at
-    #   gain 1 and lose there to KPN). Each R_i also enters in its frame's kernel share, so that the
-    #   output stays on the image's scale (KernelPredictionNet._run says why).
-    residuals: str = "image"
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
         if self.kernels not in KERNEL_FORMS:
             raise ValueError(f"{self.family}: unknown kernels {self.kernels!r}; choose {', '.join(KERNEL_FORMS)}")
-        if self.residuals not in RESIDUAL_FORMS:
-            raise ValueError(f"{self.family}: unknown residuals {self.residuals!r}; choose {', '.join(RESIDUAL_FORMS)}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"{self.family}: kernel_size must be odd, got {self.kernel_size}")
 

@@ -17,10 +17,6 @@ class KernelPredictionNet(nn.Module):
 
     KPN:     Y_i = X_i (*) K_i;                                   Y = mean_i Y_i
     AME-KPN: Y_i = sigmoid(W_i) * (X_i (*) K_i) + (1 - sigmoid(W_i)) * R_i   (eq. 4)
-             R_i = r_i (cfg.residuals "image") or X_ref + r_i ("reference"), r_i the branch's output.
-             With "reference" each frame's blend is taken in that frame's share s_i = sum K_i:
-             Y_i = w_i * (X_i (*) K_i) + (1 - w_i) * s_i * R_i, i.e. eq. 4 on the frame's own estimate
-             (X_i (*) K_i) / s_i, merged by the shares as KPN merges its frames (below).
     cfg.kernels: K = N * softmax of the head's output z over all N*K*K taps of a pixel ("softmax"), z
     projected onto sum(K) = N ("projected"), or z itself ("raw", the papers'); see KPNConfig.
     """
@@ -97,9 +93,6 @@ class KernelPredictionNet(nn.Module):
         if self.cfg.attention:
             kr = self.kernel_residual_head(features)
             kernels, residuals = kr[:, : n * k2], kr[:, n * k2 :]
-            if self.cfg.residuals == "reference":
-                ref = self.cfg.reference_index
-                residuals = residuals + burst[:, ref : ref + 1]
         else:
             kernels = self.kernel_head(features)
         if self.cfg.kernels == "softmax":
@@ -123,15 +116,7 @@ class KernelPredictionNet(nn.Module):
                 estimates = filtered / kernels.sum(dim=2).clamp_min(floor)
         if self.cfg.attention:
             weights = torch.sigmoid(self.weight_head(features))
-            if self.cfg.residuals == "reference":
-                # Normalised kernels give frame i the share s_i of the pixel (the shares sum to N): eq. 4
-                # as written adds a unit-weight R_i to s_i times an estimate, so the output's total weight
-                # mean_i(w_i s_i + 1 - w_i) drifts from 1 wherever w_i differs between frames (the shipped
-                # ame-kpn-small: 1.34 on average at gain 1, up to 1.5), and the residuals must make up for
-                # it. Weighting R_i by s_i as well keeps the total at exactly 1 for any weight map.
-                filtered = weights * filtered + (1.0 - weights) * kernels.sum(dim=2) * residuals
-            else:
-                filtered = weights * filtered + (1.0 - weights) * residuals
+            filtered = weights * filtered + (1.0 - weights) * residuals
             if with_estimates:
                 estimates = weights * estimates + (1.0 - weights) * residuals
         return filtered.mean(dim=1, keepdim=True), estimates
