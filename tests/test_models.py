@@ -184,6 +184,13 @@ def test_config_round_trip_and_checkpoint_rebuilds_model(tmp_path):
         assert torch.equal(model(burst, noise), loaded(burst, noise))
 
 
+def test_a_checkpoint_makes_its_folder(tmp_path):
+    cfg = default_config("kpn")
+    path = tmp_path / "runs" / "new" / "kpn.pt"
+    save_checkpoint(path, build_model(cfg), cfg, step=3)
+    assert load_checkpoint(path)[1]["step"] == 3
+
+
 def test_bad_checkpoints_give_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")

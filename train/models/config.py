@@ -131,7 +131,13 @@ class PANConfig:
 
 ModelConfig = KPNConfig | PANConfig
 FAMILIES = ("kpn", "ame-kpn", "st-pan", "pan")
-WIDTHS = ("small", "medium", "paper")
+# kpn-train --width: the backbone of each preset.
+BACKBONES = {
+    "small": dict(widths=SMALL_WIDTHS, convs_per_block=SMALL_CONVS),
+    "medium": dict(widths=MEDIUM_WIDTHS, convs_per_block=MEDIUM_CONVS),
+    "paper": dict(widths=PAPER_WIDTHS, convs_per_block=PAPER_CONVS),
+}
+WIDTHS = tuple(BACKBONES)
 
 
 def default_config(family: str, width: str = "small") -> ModelConfig:
@@ -139,11 +145,7 @@ def default_config(family: str, width: str = "small") -> ModelConfig:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     if width not in WIDTHS:
         raise ValueError(f"unknown width {width!r}; choose one of {', '.join(WIDTHS)}")
-    backbone = {
-        "small": dict(widths=SMALL_WIDTHS, convs_per_block=SMALL_CONVS),
-        "medium": dict(widths=MEDIUM_WIDTHS, convs_per_block=MEDIUM_CONVS),
-        "paper": dict(widths=PAPER_WIDTHS, convs_per_block=PAPER_CONVS),
-    }[width]
+    backbone = BACKBONES[width]
     if family in ("kpn", "ame-kpn"):
         return KPNConfig(family=family, width=width, **backbone)
     paper = width == "paper"
