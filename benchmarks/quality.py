@@ -373,8 +373,6 @@ def _stage_words(field: str, value) -> str:
         return f"at {value:g}x the learning rate"
     if field == "data":
         return f"on {data_words(value)}"
-    if field == "motion_scale":
-        return "with the motion scaled to downsample 4's in output pixels" if value == "output" else "with the motion in full-resolution pixels"
     if field == "loss_scale":
         return "with the per-burst log loss" if value == "log" else "with the papers' (linear) loss"
     return f"with {field} {value}"

@@ -305,46 +305,6 @@ def test_still_fraction_is_the_share_of_bursts_without_motion():
     assert np.array_equal(D.sample_offsets(a, 8, 0, "paper", still_fraction=0.0), D.sample_offsets(b, 8, 0, "paper"))
 
 
-def _measured_shift(frame: np.ndarray, reference: np.ndarray, reach: int) -> tuple[int, int]:
-    """The integer (dy, dx), |dy|, |dx| <= reach, with frame[y, x] ~ reference[y + dy, x + dx] (least
-    squares over the overlap): a frame's motion found from the pixels alone."""
-    best, h, w = None, *reference.shape
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            f = frame[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-            r = reference[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
-            err = float(np.mean((f - r) ** 2))
-            if best is None or err < best[0]:
-                best = (err, dy, dx)
-    return best[1], best[2]
-
-
-def test_motion_scale_output_keeps_validations_motion_in_output_pixels_at_every_downsample():
-    # a texture with no structure beyond a pixel, so each frame's shift shows in its pixels
-    pixels = np.random.default_rng(0).integers(0, 256, (360, 360, 1), dtype=np.uint8)
-    image = D.SourceImage("noise", pixels)
-    def shifts(downsample, scale, bursts=12):
-        sampler = D.BurstSampler([image], 8, 0, 40, downsample, "paper", "paper", augment="none", motion_scale=scale)
-        rng = np.random.default_rng(1)
-        found = []
-        for _ in range(bursts):
-            burst = sampler.sample(rng)[0]
-            found += [_measured_shift(burst[i], burst[0], 20) for i in range(1, 8)]
-        return np.abs(np.array(found)).max(axis=1)
-    # output scale at downsample 1: jitters 64/4 and 8/4 full-resolution = output pixels
-    out1 = shifts(1, "output")
-    assert out1.max() <= 16 and np.mean(out1 <= 2) > 0.6  # ~80% of frames take the small jitter
-    # source scale at downsample 1: the small jitter alone is +-8 output pixels
-    src1 = shifts(1, "source")
-    assert np.mean(src1 <= 2) < 0.35 and np.mean(src1 > 2) > 0.5
-    # at downsample 4 the two scales are the same bursts
-    a = D.BurstSampler([image], 8, 0, 16, 4, "paper", augment="none", motion_scale="output").sample(np.random.default_rng(2))
-    b = D.BurstSampler([image], 8, 0, 16, 4, "paper", augment="none").sample(np.random.default_rng(2))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    with pytest.raises(ValueError, match="unknown motion scale 'wide'"):
-        D.BurstSampler([image], 8, 0, 16, 4, motion_scale="wide")
-
-
 def test_dihedral_gives_the_eight_symmetries_of_the_square():
     img = np.arange(9.0).reshape(3, 3)  # 0 1 2 / 3 4 5 / 6 7 8
     # naive: quarter turn counter-clockwise maps (y, x) -> (n-1-x, y), i.e. out[y, x] = img[x, n-1-y]

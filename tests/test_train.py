@@ -107,7 +107,7 @@ def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_repro
     staged = tmp_path / "staged.pt"
     train(TrainArgs(model="pan", iters=2, out=str(staged), seed=5, **TINY))
     train(TrainArgs(model="pan", iters=3, resume=str(staged), downsample=2, out=str(staged), **TINY))
-    train(TrainArgs(model="pan", iters=4, resume=str(staged), still_fraction=0.5, motion_scale="output", out=str(staged), **TINY))
+    train(TrainArgs(model="pan", iters=4, resume=str(staged), still_fraction=0.5, out=str(staged), **TINY))
     train(TrainArgs(model="pan", iters=5, resume=str(staged), lr_factor=0.5, augment="dihedral",
                     anneal_floor=0.3, loss_scale="log", out=str(staged), **TINY))
     ckpt = torch.load(staged, weights_only=True)
@@ -115,8 +115,7 @@ def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_repro
     assert ckpt["train_args"]["lr_factor"] == 0.5
     assert ckpt["train_args"]["stages"] == [
         {"from_step": 2, "set": {"downsample": 2}, "previous": {"downsample": 4}},
-        {"from_step": 3, "set": {"still_fraction": 0.5, "motion_scale": "output"},
-         "previous": {"still_fraction": 0.0, "motion_scale": "source"}},
+        {"from_step": 3, "set": {"still_fraction": 0.5}, "previous": {"still_fraction": 0.0}},
         {"from_step": 4, "set": {"augment": "dihedral", "lr_factor": 0.5, "anneal_floor": 0.3, "loss_scale": "log"},
          "previous": {"augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0, "loss_scale": "linear"}}]
     assert ckpt["train_args"]["loss"]["floor"] == 0.3 and ckpt["train_args"]["loss"]["scale"] == "log"
@@ -128,8 +127,7 @@ def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_repro
     assert "--downsample 4 " in commands[0] and "--still-fraction 0.0 " in commands[0] and "--lr-factor 1.0 " in commands[0]
     assert "--augment none " in commands[0] and "--loss-scale linear " in commands[0]
     assert commands[1] == "kpn-train --model pan --resume again.pt --iters 3 --downsample 2 --out again.pt"
-    assert "--motion-scale source " in commands[0]
-    assert commands[2] == "kpn-train --model pan --resume again.pt --iters 4 --still-fraction 0.5 --motion-scale output --out again.pt"
+    assert commands[2] == "kpn-train --model pan --resume again.pt --iters 4 --still-fraction 0.5 --out again.pt"
     assert commands[3] == "kpn-train --model pan --resume again.pt --iters 5 --augment dihedral --lr-factor 0.5 --anneal-floor 0.3 --loss-scale log --out again.pt"
     again = _run_as_a_user(commands, tmp_path, monkeypatch, "again.pt")
     assert again["train_args"]["stages"] == ckpt["train_args"]["stages"]
@@ -184,7 +182,7 @@ def test_stages_in_the_first_format_still_read():
     assert stage_changes(old) == ({"downsample": 1}, {"downsample": 2})
     args = {"model": "st-pan", "iters": 9000, "downsample": 1, "stages": [old]}
     assert first_stage_values(args) == {"data": "builtin", "downsample": 2, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0,
-                                        "anneal_floor": 0.0, "loss_scale": "linear", "motion_scale": "source"}
+                                        "anneal_floor": 0.0, "loss_scale": "linear"}
     first, second = train_command(args, "m.pt").split(" && ")
     assert "--iters 4500 --downsample 2 " in first
     assert second == "kpn-train --model st-pan --resume m.pt --iters 9000 --downsample 1 --out m.pt"
@@ -283,7 +281,6 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     _one_line_error(_cli("--model", "kpn", "--noise-range", "huge", "--out", out), "unknown noise range 'huge'")
     _one_line_error(_cli("--model", "kpn", "--downsample", "3", "--out", out), "--downsample 3", "choose 1, 2 or 4")
     _one_line_error(_cli("--model", "kpn", "--still-fraction", "1.5", "--out", out), "--still-fraction 1.5", "[0, 1]")
-    _one_line_error(_cli("--model", "kpn", "--motion-scale", "wide", "--out", out), "unknown motion scale 'wide'", "source or output")
     _one_line_error(_cli("--model", "kpn", "--lr-factor", "0", "--out", out), "--lr-factor 0", "above 0")
     _one_line_error(_cli("--model", "kpn", "--augment", "mirror", "--out", out), "unknown augmentation 'mirror'")
     _one_line_error(_cli("--model", "kpn", "--anneal-floor", "-1", "--out", out), "--anneal-floor", "floor -1.0")

@@ -35,7 +35,6 @@ def run(
     motion: str = typer.Option("paper", "--motion", help="paper (AME-KPN 3.1 offsets) or walk (cumulative, for clips)"),
     noise_range: str = typer.Option("paper", "--noise-range", help="paper (sigma_r <= 10^-1.5, sigma_s <= 10^-2: gains 3 and 4 of AME-KPN Table 1 lie beyond) or wide (10^-1 and 10^-1.5: covers all four gains)"),
     downsample: Optional[int] = typer.Option(None, "--downsample", help="box-downsampling factor of the training bursts: 4 (the papers', the default), 2 or 1 give 4x / 16x the image content per photograph; offsets stay in full-resolution pixels, so the motion grows by 4/factor. With --resume, a new value starts a new stage of the run (recorded in the checkpoint)"),
-    motion_scale: Optional[str] = typer.Option(None, "--motion-scale", help="source (default: offsets in full-resolution pixels, so below --downsample 4 the motion in output pixels grows by 4/factor) or output (jitters scaled by factor/4: the motion in output pixels is validation's, +-16 / +-2 px, at every --downsample, while the photographs still give the finer scale's content). With --resume, a new value starts a new stage of the run"),
     still_fraction: Optional[float] = typer.Option(None, "--still-fraction", help="fraction of training bursts without motion (all frames aligned; default 0): with the papers' motion alone, short runs learn to ignore the other frames. With --resume, a new value starts a new stage of the run"),
     augment: Optional[str] = typer.Option(None, "--augment", help="none (default) or dihedral: each training window turned by a random one of the square's 8 symmetries (90-degree turns, transposes). With --resume, a new value starts a new stage of the run"),
     lr_factor: Optional[float] = typer.Option(None, "--lr-factor", help="multiplies the learning-rate schedule (default 1); with --resume, a new value starts a new stage of the run, e.g. 0.1 for a final low-rate stage"),
@@ -55,7 +54,7 @@ def run(
     args = TrainArgs(model=model, width=width, data=data, iters=iters, batch_size=batch_size, crop=crop, lr=lr,
                      out=out, resume=resume, device=device, seed=seed, val_every=val_every, ckpt_every=ckpt_every,
                      frames=frames, val_crop=val_crop, val_per_image=val_per_image, epoch_iters=epoch_iters,
-                     motion=motion, noise_range=noise_range, downsample=downsample, motion_scale=motion_scale, still_fraction=still_fraction,
+                     motion=motion, noise_range=noise_range, downsample=downsample, still_fraction=still_fraction,
                      augment=augment, lr_factor=lr_factor, anneal_decay=anneal_decay,
                      anneal_floor=anneal_floor, loss_scale=loss_scale, kernels=kernels,
                      init_from=init_from, workers=workers, quiet=quiet)

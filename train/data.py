@@ -20,9 +20,6 @@ drawn from the same model at half the amplitude (so the farthest frame stays wit
 smoother, video-like motion. PAN (T = 1) gets the reference alone. With `still_fraction` f > 0 (kpn-train
 --still-fraction), a fraction f of the training bursts have no motion at all: with the papers' motion
 alone our short runs learned to ignore the other frames (issue 8's note), which aligned bursts undo.
-With `motion_scale="output"` (kpn-train --motion-scale) bursts at downsample d < 4 draw their offsets from
-jitters scaled by d/4, so that their motion in output pixels stays validation's while the photographs
-give 16/d^2 times the content (with the default "source" the motion grows by 4/d as well).
 With `augment="dihedral"` (kpn-train --augment) each training window is first turned by a random one of
 the square's 8 symmetries: eight photographs give little content, and noise and motion have no
 preferred orientation.
@@ -69,11 +66,6 @@ MOTION_MODELS = ("paper", "walk", "large", "still")
 # Training-crop augmentations (kpn-train --augment): "dihedral" turns each source window by a random one
 # of the square's 8 symmetries (90-degree turns, with or without a transpose) before the burst is made.
 AUGMENTATIONS = ("none", "dihedral")
-# How a training burst's offsets scale with its downsampling (kpn-train --motion-scale). "source": drawn in
-# full-resolution pixels (the papers'; at downsample d the motion in output pixels is 4/d times that at 4).
-# "output": drawn from jitters scaled by d/4, so the motion in output pixels is validation's (downsample 4:
-# +-16 / +-2 px) at every d, in whole pixels below 4.
-MOTION_SCALES = ("source", "output")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 # scikit-image's bundled natural photographs (shipped inside the wheel, no download), with the licence
@@ -414,18 +406,12 @@ class BurstSampler:
 
     def __init__(self, images: list[SourceImage], frames: int, reference_index: int, crop: int,
                  downsample: int = DOWNSAMPLE, motion: str = "paper", noise_range: str = "paper",
-                 still_fraction: float = 0.0, augment: str = "none", motion_scale: str = "source"):
+                 still_fraction: float = 0.0, augment: str = "none"):
         if not images:
             raise DataError("no training images")
         if augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augment!r}; choose {' or '.join(AUGMENTATIONS)}")
-        if motion_scale not in MOTION_SCALES:
-            raise ValueError(f"unknown motion scale {motion_scale!r}; choose {' or '.join(MOTION_SCALES)}")
         self.augment = augment
-        # the reference window keeps BIG_JITTER of margin either way, so both scales cut the same windows
-        scale = (downsample, DOWNSAMPLE) if motion_scale == "output" else (1, 1)
-        self.big_jitter = BIG_JITTER * scale[0] // scale[1]
-        self.small_jitter = SMALL_JITTER * scale[0] // scale[1]
         self.frames, self.reference_index, self.crop = frames, reference_index, crop
         self.downsample, self.motion, self.noise_range = downsample, motion, noise_range
         self.still_fraction = still_fraction
@@ -441,8 +427,7 @@ class BurstSampler:
         if self.augment == "dihedral":  # drawn only when on, so that runs without it keep their streams
             clean = dihedral(clean, int(rng.integers(8)))
         return make_burst(clean, self.frames, None, None, rng, self.reference_index, self.crop,
-                          self.downsample, motion=self.motion, big_jitter=self.big_jitter,
-                          small_jitter=self.small_jitter, noise_range=self.noise_range,
+                          self.downsample, motion=self.motion, noise_range=self.noise_range,
                           still_fraction=self.still_fraction)
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("kernels", "--kernels"), ("data", "--data"), ("iters", "--iters"),
                 ("batch_size", "--batch-size"), ("crop", "--crop"), ("lr", "--lr"), ("seed", "--seed"),
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
-                ("downsample", "--downsample"), ("motion_scale", "--motion-scale"), ("still_fraction", "--still-fraction"), ("augment", "--augment"),
+                ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("augment", "--augment"),
                 ("lr_factor", "--lr-factor"), ("anneal_decay", "--anneal-decay"), ("anneal_floor", "--anneal-floor"),
                 ("loss_scale", "--loss-scale"), ("val_every", "--val-every"), ("ckpt_every", "--ckpt-every")]
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, code_commit, read_checkpoint, save_checkpoint
-from .data import AUGMENTATIONS, DOWNSAMPLE, MOTION_SCALES, NOISE_RANGES, VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
+from .data import AUGMENTATIONS, DOWNSAMPLE, NOISE_RANGES, VALIDATION_GAINS, BurstSampler, DataError, load_source, validation_set
 from .losses import loss_for_family
 from .metrics import psnr_gamma, ssim_gamma
 from .models import KERNEL_FORMS, WIDTHS, build_model, config_from_dict, default_config
@@ -77,7 +77,6 @@ class TrainArgs:
     # checkpoint's. Like still_fraction, a different value on --resume starts a new stage (STAGE_FIELDS).
     downsample: int | None = None
     still_fraction: float | None = None  # share of bursts without motion; None: 0, or on --resume the checkpoint's
-    motion_scale: str | None = None  # train.data.MOTION_SCALES; None: "source", or on --resume the checkpoint's
     augment: str | None = None  # train.data.AUGMENTATIONS; None: "none", or on --resume the checkpoint's
     lr_factor: float | None = None  # multiplies the learning-rate schedule; None: 1, or on --resume the checkpoint's
     stages: list = field(default_factory=list)  # [{"from_step", "set": {field: new}, "previous": {field: old}}]
@@ -96,7 +95,7 @@ class TrainArgs:
     # fields that define the run: a resume takes them from the checkpoint
     RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
-                                       "epoch_iters", "motion", "noise_range", "downsample", "still_fraction", "motion_scale",
+                                       "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
                                        "loss_scale", "init_from"),
                          repr=False)
@@ -111,7 +110,7 @@ class TrainArgs:
 # A change starts a new stage of the run (recorded in train_args["stages"]; train.release turns the
 # stages back into command lines).
 STAGE_FIELDS = {"data": "builtin", "downsample": DOWNSAMPLE, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0,
-                "loss_scale": "linear", "motion_scale": "source"}
+                "loss_scale": "linear"}
 
 
 def stage_changes(stage: dict) -> tuple[dict, dict]:
@@ -228,8 +227,6 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         raise TrainError(f"--downsample {args.downsample}: choose 1, 2 or 4")
     if not 0.0 <= args.still_fraction <= 1.0:
         raise TrainError(f"--still-fraction {args.still_fraction}: choose a fraction in [0, 1]")
-    if args.motion_scale not in MOTION_SCALES:
-        raise TrainError(f"unknown motion scale {args.motion_scale!r}; choose {' or '.join(MOTION_SCALES)}")
     if args.augment not in AUGMENTATIONS:
         raise TrainError(f"unknown augmentation {args.augment!r}; choose {' or '.join(AUGMENTATIONS)}")
     if not 0.0 < args.lr_factor <= 1e3:
@@ -354,7 +351,7 @@ def train(args: TrainArgs, console=None) -> dict:
         train_images, val_images = load_source(args.data, args.val_fraction, args.split_seed)
         sampler = BurstSampler(train_images, cfg.frames, cfg.reference_index, args.crop, downsample=args.downsample,
                                motion=args.motion, noise_range=args.noise_range, still_fraction=args.still_fraction,
-                               augment=args.augment, motion_scale=args.motion_scale)
+                               augment=args.augment)
         val = validation_set(val_images, cfg.frames, cfg.reference_index, args.val_crop,
                              per_image=args.val_per_image, seed=args.split_seed, motion=args.motion) if rank == 0 else None
 
