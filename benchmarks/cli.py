@@ -104,6 +104,8 @@ def quality_cmd(
     nlm: bool = typer.Option(True, "--nlm/--no-nlm", help="include OpenCV fastNlMeansDenoisingMulti"),
     runtime_backend: str = typer.Option("ort-cpu", "--runtime-backend", help="runtime backend for the exported models"),
     keep_work: bool = typer.Option(False, "--keep-work", help="keep exported ONNX under OUT/work"),
+    self_ensemble: bool = typer.Option(False, "--self-ensemble", help="also each model through the runtime averaged over "
+                                       "the 8 turns of the burst (runtime.denoise --self-ensemble; 8x the model time)"),
 ) -> None:
     """PSNR/SSIM (gamma space) per gain like AME-KPN Table 1, with classical baselines and time per MP."""
     from . import quality
@@ -114,7 +116,7 @@ def quality_cmd(
             specs, note = resolve_models(models, Path(work), allow_random=False)
             quality.run(specs, note, images, gain_list, crop, test_crops, tune_crops, frames, threads, seed,
                         val_fraction, split_seed, bm3d, nlm, runtime_backend, out, Path(work), _command(),
-                        log=typer.echo, motion=motion)
+                        log=typer.echo, motion=motion, self_ensemble=self_ensemble)
     except BenchError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality_crops.png'}")

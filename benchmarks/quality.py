@@ -20,7 +20,9 @@ Methods, all scored by `train.metrics.psnr_gamma` / `ssim_gamma` against the cle
   temporal window) is chosen per gain by grid search on TUNING bursts drawn from the training split
   (disjoint from the test images), and the grid with every score is recorded in quality.json;
 - each model in PyTorch (checkpoint) and through the runtime (the exported ONNX model run by
-  `runtime.backends.open_backend`, default ONNX Runtime CPU).
+  `runtime.backends.open_backend`, default ONNX Runtime CPU); with `--self-ensemble` also through the
+  runtime averaged over the 8 turns of the burst (`runtime.symmetry.self_ensemble`, what
+  `python -m runtime.denoise --self-ensemble` runs).
 
 Time per megapixel: wall time of each method's calls over all test bursts / output megapixels, after
 one untimed warm-up call (the classical methods' tuning is not counted).
@@ -248,8 +250,9 @@ def _evaluate(name: str, fn: Callable[[int, int], np.ndarray], test: dict, gains
 
 
 def _model_methods(spec: ModelSpec, crop: int, threads: int, runtime_backend: str, workdir: Path,
-                   test: dict) -> tuple[list[tuple[str, Callable]], list[dict]]:
-    """(name, fn(gain, i)) for the model in PyTorch and through the runtime; unavailable ones with reason."""
+                   test: dict, self_ensemble: bool = False) -> tuple[list[tuple[str, Callable]], list[dict]]:
+    """(name, fn(gain, i)) for the model in PyTorch and through the runtime (and the runtime's self-ensemble);
+    unavailable ones with reason."""
     if crop % spec.size_multiple:
         raise BenchError(f"--crop {crop} is not a multiple of {spec.size_multiple} ({spec.name}); pick e.g. "
                          f"{crop - crop % spec.size_multiple or spec.size_multiple}")
@@ -287,6 +290,14 @@ def _model_methods(spec: ModelSpec, crop: int, threads: int, runtime_backend: st
             return be.run(b, m)[0, 0]
 
         methods.append((f"{spec.name} (runtime {be.name})", run_rt))
+        if self_ensemble:
+            from runtime.symmetry import self_ensemble as ensemble_of
+
+            def run_ensemble(g, i, run=ensemble_of(be.run)):
+                b, m = feed(g, i)
+                return run(b, m)[0, 0]
+
+            methods.append((f"{spec.name} (runtime {be.name}, self-ensemble x8)", run_ensemble))
     except (UserError, BenchError) as exc:
         unavailable.append({"method": f"{spec.name} (runtime {runtime_backend})", "reason": str(exc)})
     return methods, unavailable
@@ -447,7 +458,7 @@ def crops_figure(outputs: dict, test: dict, gain: int, index: int, results: dict
 def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int], crop: int, test_crops: int,
         tune_crops: int, frames: int, threads: int, seed: int, val_fraction: float, split_seed: int, use_bm3d: bool,
         use_nlm: bool, runtime_backend: str, out: Path, workdir: Path, command: str,
-        log: Callable[[str], None] = print, motion: str = "paper") -> dict:
+        log: Callable[[str], None] = print, motion: str = "paper", self_ensemble: bool = False) -> dict:
     import cv2
     import torch
 
@@ -492,12 +503,12 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
 
     parity = []
     for spec in specs:
-        methods, missing = _model_methods(spec, crop, threads, runtime_backend, workdir, test)
+        methods, missing = _model_methods(spec, crop, threads, runtime_backend, workdir, test, self_ensemble)
         unavailable += missing
         for name, fn in methods:
             _evaluate(name, fn, test, gains, results, timing, outputs, log)
-        if len(methods) == 2:
-            a, b = (outputs[m[0]] for m in methods)
+        if len(methods) >= 2 and methods[0][0].endswith("(PyTorch)"):  # the model itself vs its export
+            a, b = (outputs[m[0]] for m in methods[:2])
             diff = max(float(np.abs(x - y).max()) for g in gains for x, y in zip(a[g], b[g]))
             pd = max(abs(results[methods[0][0]][_gain_name(g)]["psnr"] - results[methods[1][0]][_gain_name(g)]["psnr"])
                      for g in gains)
@@ -509,7 +520,8 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
         "machine": machine_info(threads),
         "config": {"command": command, "images": images, "gains": gains, "crop": crop, "test_crops": test_crops,
                    "tune_crops": tune_crops, "frames": frames, "motion": motion, "threads": threads, "seed": seed,
-                   "tuning_seed": seed + 1, "runtime_backend": runtime_backend, "models_from": models_note},
+                   "tuning_seed": seed + 1, "runtime_backend": runtime_backend, "self_ensemble": self_ensemble,
+                   "models_from": models_note},
         "source": source,
         "models": [s.describe() for s in specs],
         "results": results,

@@ -119,7 +119,7 @@ def connect(url: str, model: str, timeout: float) -> TritonBackend:
 
 def denoise_on_triton(folder: Path, backend: TritonBackend, output: Optional[Path] = None, read_noise=None, shot_noise=None,
                       reference: Optional[str] = None, linear: bool = False, tile: Optional[int] = None,
-                      pad_frames: bool = False) -> Path:
+                      pad_frames: bool = False, self_ensemble: bool = False) -> Path:
     """runtime.denoise.denoise_burst with the model call sent to Triton -> the output path."""
     paths, frames, linear, out = open_burst(folder, output, linear)
     info = backend.info
@@ -128,7 +128,7 @@ def denoise_on_triton(folder: Path, backend: TritonBackend, output: Optional[Pat
                                       read_noise, shot_noise)
     if note:
         typer.echo(note, err=True)
-    result = denoise_frames(frames, order, info, backend, linear, sigmas, tile)
+    result = denoise_frames(frames, order, info, backend, linear, sigmas, tile, self_ensemble=self_ensemble)
     write_atomic(out, result)
     return out
 
@@ -149,13 +149,15 @@ def main(
     tile: Optional[int] = typer.Option(None, "--tile", help="tile size in pixels (default: untiled up to 1 MP, else 512)"),
     pad_frames: bool = typer.Option(False, "--pad-frames", help="fewer frames than the model needs: repeat the reference"),
     timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the server's model config"),
+    self_ensemble: bool = typer.Option(False, "--self-ensemble", help="average over the 8 turns of the burst (8 requests per tile)"),
 ) -> None:
     """Send the burst in BURST_DIR to MODEL on a Triton server and write the denoised image."""
     try:
         list_frames(burst_dir)  # a bad folder fails before any network call
         backend = connect(url, model, timeout)
         try:
-            out = denoise_on_triton(burst_dir, backend, output, read_noise, shot_noise, reference, linear, tile, pad_frames)
+            out = denoise_on_triton(burst_dir, backend, output, read_noise, shot_noise, reference, linear, tile, pad_frames,
+                                    self_ensemble)
         finally:
             backend.close()
     except UserError as exc:

@@ -150,12 +150,12 @@ def test_missing_model_is_one_line_error(tmp_path):
 def test_quality_command(kpn_ckpt, tmp_path):
     out = tmp_path / "q"
     r = _invoke(["quality", "--models", str(kpn_ckpt), "--gains", "1,4", "--crop", "32", "--test-crops", "2",
-                 "--tune-crops", "1", "--threads", "2", "--out", str(out)])
+                 "--tune-crops", "1", "--threads", "2", "--self-ensemble", "--out", str(out)])
     assert r.exit_code == 0, r.output
     data = json.loads((out / "quality.json").read_text())
     res = data["results"]
     names = {"Noisy reference", "Burst mean", "Burst mean, aligned by the true motion (oracle)", "OpenCV NLM multi-frame",
-             "BM3D (reference frame)", "kpn (PyTorch)", "kpn (runtime ort-cpu)"}
+             "BM3D (reference frame)", "kpn (PyTorch)", "kpn (runtime ort-cpu)", "kpn (runtime ort-cpu, self-ensemble x8)"}
     assert set(res) == names
     for name in names:
         for g in ("gain1", "gain4"):

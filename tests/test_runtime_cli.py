@@ -114,6 +114,49 @@ def test_tiled_equals_untiled(tiny, tmp_path, tile):
     assert np.abs(whole - tiled).max() <= 1e-4
 
 
+def test_self_ensemble_option_tiled_and_untiled(tiny, tmp_path):
+    frames = noisy_frames(8, 40, 52, dtype=np.float32)
+    write_burst(tmp_path / "b", frames, ext=".tif")
+    args = ["--model", tiny, "--read-noise", SR, "--shot-noise", SS, "--self-ensemble"]
+    code, out = _cli(tmp_path / "b", "-o", tmp_path / "whole.tif", *args)
+    assert code == 0 and "self-ensemble" in out, out
+    assert _cli(tmp_path / "b", "-o", tmp_path / "tiled.tif", "--tile", 16, *args)[0] == 0
+    whole, tiled = tifffile.imread(tmp_path / "whole.tif"), tifffile.imread(tmp_path / "tiled.tif")
+    # the reference: the model run directly on the 8 turns of the padded burst, turned back, averaged
+    b = np.pad(frames[None], ((0, 0), (0, 0), (0, 0), (0, 4)), mode="reflect")
+    session = ort.InferenceSession(str(tiny), providers=["CPUExecutionProvider"])
+    outs = []
+    for k in range(8):
+        t = np.rot90(b, k % 4, axes=(2, 3))
+        t = np.ascontiguousarray(t.transpose(0, 1, 3, 2) if k >= 4 else t)
+        nm = np.sqrt(SR**2 + SS * np.maximum(t[:, :1], 0)).astype(np.float32)
+        (o,) = session.run(["denoised"], {"burst": t, "noise_map": nm})
+        outs.append(np.rot90(o.transpose(0, 1, 3, 2) if k >= 4 else o, -(k % 4), axes=(2, 3)))
+    want = np.mean(outs, axis=0)[0, 0, :, :52]
+    assert np.abs(whole - want).max() <= 1e-5
+    assert np.abs(tiled - whole).max() <= 1e-5
+    assert np.abs(whole - _reference_run(tiny, frames[None])[0]).max() > 1e-3  # not the plain run
+
+
+def test_self_ensemble_keeps_windows_inside_a_non_square_limit(tiny):
+    """An engine's profile takes windows up to (h, w) = max_hw; a turned window swaps h and w, so with
+    --self-ensemble the plan must fit both orientations. A real ONNX Runtime backend given such a limit."""
+    from runtime.backends import open_backend
+    from runtime.denoise import denoise_frames
+    from runtime.frames import Frame
+
+    be, _ = open_backend(tiny, "ort-cpu")
+    frames = [Frame(Path(f"f{i}.tif"), f[:, :, None]) for i, f in enumerate(noisy_frames(8, 40, 90, dtype=np.float32))]
+    free = denoise_frames(frames, list(range(8)), be.info, be, True, [(SR, SS)], None, self_ensemble=True)
+    shapes = []
+    run = be.run
+    be.run = lambda b, m: (shapes.append(b.shape[-2:]), run(b, m))[1]
+    be.max_hw = (48, 96)  # the untiled 40x96 window fits as is, not turned
+    limited = denoise_frames(frames, list(range(8)), be.info, be, True, [(SR, SS)], None, self_ensemble=True)
+    assert shapes and all(h <= 48 and w <= 48 for h, w in shapes), shapes
+    assert np.abs(limited - free).max() <= 1e-5  # tiling stays exact
+
+
 def test_frame_selection_and_reference():
     kpn = ModelInfo(Path("m"), "kpn", 8, 0, 8, 8)
     stpan = ModelInfo(Path("m"), "st-pan", 5, 2, 8, 8)

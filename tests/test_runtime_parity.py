@@ -1,5 +1,6 @@
 """Runtime (ONNX Runtime CPU, through runtime.denoise) == the PyTorch model, per family, on models
-exported by export.onnx_export; plus tiled == untiled for the families with kpn.tiling_exact = 1, and
+exported by export.onnx_export; plus tiled == untiled for the families with kpn.tiling_exact = 1, the
+self-ensemble (--self-ensemble) == the PyTorch model averaged over the 8 turns of the burst, and
 the noise estimate on the project's synthetic bursts (train.data.make_burst) at AME-KPN Table 1's gains."""
 
 from __future__ import annotations
@@ -83,6 +84,41 @@ def test_tiled_equals_untiled_real_model(exported):
     denoise_burst(folder, tmp / "tiled.tif", onnx_path, "ort-cpu", SR, SS, tile=16)
     d = np.abs(tifffile.imread(tmp / "whole.tif") - tifffile.imread(tmp / "tiled.tif")).max()
     assert d <= 1e-4, (family, float(d))
+
+
+def test_self_ensemble_equals_pytorch_mean_over_turns(exported):
+    """--self-ensemble through ONNX Runtime == the PyTorch model averaged over the 8 turns (torch.rot90 and
+    transposes) of the reflect-padded burst, turned back; tiled == untiled where tiling is exact."""
+    family, model, onnx_path, tmp = exported
+    info = onnx_info(onnx_path)
+    h, w = 40, 56
+    frames = _burst(max(info.frames, 2), h, w)
+    folder = tmp / "ens"
+    folder.mkdir(exist_ok=True)
+    for i, f in enumerate(frames):
+        tifffile.imwrite(folder / f"f{i}.tif", f)
+    denoise_burst(folder, tmp / "ens.tif", onnx_path, "ort-cpu", SR, SS, self_ensemble=True)
+    got = tifffile.imread(tmp / "ens.tif")
+    order, _ = select_burst(len(frames), 0, info, False)
+    burst = torch.from_numpy(frames[order])[None]
+    m = info.size_multiple
+    burst = torch.nn.functional.pad(burst, (0, (-w) % m, 0, (-h) % m), mode="reflect")
+    nmap = torch.sqrt(SR**2 + SS * burst[:, info.reference_index : info.reference_index + 1].clamp(min=0))
+    outs = []
+    with torch.no_grad():
+        for k in range(8):
+            turn = lambda t: torch.rot90(t, k % 4, dims=(-2, -1)).transpose(-1, -2) if k >= 4 else torch.rot90(t, k % 4, dims=(-2, -1))  # noqa: E731
+            o = model(turn(burst).contiguous(), turn(nmap).contiguous())
+            o = o.transpose(-1, -2) if k >= 4 else o
+            outs.append(torch.rot90(o, -(k % 4), dims=(-2, -1)))
+    want = torch.stack(outs).mean(0)[0, 0, :h, :w].numpy()
+    plain = model(burst, nmap)[0, 0, :h, :w].detach().numpy()
+    assert np.abs(got - want).max() <= 1e-5, (family, float(np.abs(got - want).max()))  # kpn, st-pan, pan: about 2e-7
+    assert np.abs(got - plain).max() > 1e-4, family  # not the plain run (seen: 1.5e-4 for kpn, 0.03+ for the PANs)
+    if info.tiling_exact:
+        denoise_burst(folder, tmp / "ens-tiled.tif", onnx_path, "ort-cpu", SR, SS, tile=16, self_ensemble=True)
+        d = np.abs(tifffile.imread(tmp / "ens-tiled.tif") - got).max()
+        assert d <= 1e-4, (family, float(d))
 
 
 GAINS = [(5e-3, 1e-3), (2e-2, 4.3e-3), (5e-2, 1e-2), (8e-2, 2.3e-2)]  # AME-KPN Table 1

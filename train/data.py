@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.symmetry import dihedral  # one definition of the 8 symmetries, shared with --self-ensemble
+
 from .metrics import srgb_to_linear
 
 DOWNSAMPLE = 4
@@ -105,14 +107,6 @@ def box_downsample(img: np.ndarray, factor: int) -> np.ndarray:
     if h % factor or w % factor:
         raise ValueError(f"box_downsample: size {h}x{w} is not a multiple of {factor}")
     return img.reshape(*lead, h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
-
-
-def dihedral(img: np.ndarray, k: int) -> np.ndarray:
-    """Symmetry k (0-7) of the square: k % 4 quarter turns of the last two axes, transposed for k >= 4."""
-    out = np.rot90(img, k % 4, axes=(-2, -1))
-    if k >= 4:
-        out = np.swapaxes(out, -2, -1)
-    return np.ascontiguousarray(out)
 
 
 def sample_noise_params(rng: np.random.Generator, noise_range: str = "paper") -> tuple[float, float]:
