@@ -104,22 +104,33 @@ def quality_cmd(
     nlm: bool = typer.Option(True, "--nlm/--no-nlm", help="include OpenCV fastNlMeansDenoisingMulti"),
     runtime_backend: str = typer.Option("ort-cpu", "--runtime-backend", help="runtime backend for the exported models"),
     keep_work: bool = typer.Option(False, "--keep-work", help="keep exported ONNX under OUT/work"),
-    self_ensemble: bool = typer.Option(False, "--self-ensemble", help="also each model through the runtime averaged over "
-                                       "the 8 turns of the burst (runtime.denoise --self-ensemble; 8x the model time)"),
+    self_ensemble: str = typer.Option("", "--self-ensemble", metavar="TURNS", help="also each model through the runtime "
+                                      "averaged over 4 and/or 8 turns of the burst, e.g. 4,8 (runtime.denoise --self-ensemble)"),
 ) -> None:
     """PSNR/SSIM (gamma space) per gain like AME-KPN Table 1, with classical baselines and time per MP."""
     from . import quality
 
     try:
         gain_list = parse_list(gains, int, "--gains")
+        turns = ensemble_sizes(self_ensemble)
         with _work(out, keep_work) as work:
             specs, note = resolve_models(models, Path(work), allow_random=False)
             quality.run(specs, note, images, gain_list, crop, test_crops, tune_crops, frames, threads, seed,
                         val_fraction, split_seed, bm3d, nlm, runtime_backend, out, Path(work), _command(),
-                        log=typer.echo, motion=motion, self_ensemble=self_ensemble)
+                        log=typer.echo, motion=motion, self_ensemble=turns)
     except BenchError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality_crops.png'}")
+
+
+def ensemble_sizes(text: str) -> tuple[int, ...]:
+    """--self-ensemble "4,8" -> (4, 8); "" -> (); each 4 or 8 (1 is the plain runtime row, always there)."""
+    if not text.strip():
+        return ()
+    sizes = tuple(sorted(set(parse_list(text, int, "--self-ensemble"))))
+    if any(n not in (4, 8) for n in sizes):
+        raise BenchError(f"--self-ensemble {text}: each value must be 4 (the quarter turns) or 8 (and their transposes)")
+    return sizes
 
 
 def main() -> None:

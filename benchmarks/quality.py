@@ -20,9 +20,9 @@ Methods, all scored by `train.metrics.psnr_gamma` / `ssim_gamma` against the cle
   temporal window) is chosen per gain by grid search on TUNING bursts drawn from the training split
   (disjoint from the test images), and the grid with every score is recorded in quality.json;
 - each model in PyTorch (checkpoint) and through the runtime (the exported ONNX model run by
-  `runtime.backends.open_backend`, default ONNX Runtime CPU); with `--self-ensemble` also through the
-  runtime averaged over the 8 turns of the burst (`runtime.symmetry.self_ensemble`, what
-  `python -m runtime.denoise --self-ensemble` runs).
+  `runtime.backends.open_backend`, default ONNX Runtime CPU); with `--self-ensemble 4` or `8` also
+  through the runtime averaged over that many turns of the burst (`runtime.symmetry.self_ensemble`,
+  what `python -m runtime.denoise --self-ensemble N` runs; `4,8` gives both rows).
 
 Time per megapixel: wall time of each method's calls over all test bursts / output megapixels, after
 one untimed warm-up call (the classical methods' tuning is not counted).
@@ -250,7 +250,7 @@ def _evaluate(name: str, fn: Callable[[int, int], np.ndarray], test: dict, gains
 
 
 def _model_methods(spec: ModelSpec, crop: int, threads: int, runtime_backend: str, workdir: Path,
-                   test: dict, self_ensemble: bool = False) -> tuple[list[tuple[str, Callable]], list[dict]]:
+                   test: dict, self_ensemble: tuple[int, ...] = ()) -> tuple[list[tuple[str, Callable]], list[dict]]:
     """(name, fn(gain, i)) for the model in PyTorch and through the runtime (and the runtime's self-ensemble);
     unavailable ones with reason."""
     if crop % spec.size_multiple:
@@ -290,14 +290,15 @@ def _model_methods(spec: ModelSpec, crop: int, threads: int, runtime_backend: st
             return be.run(b, m)[0, 0]
 
         methods.append((f"{spec.name} (runtime {be.name})", run_rt))
-        if self_ensemble:
-            from runtime.symmetry import self_ensemble as ensemble_of
+        from runtime.symmetry import self_ensemble as ensemble_of
 
-            def run_ensemble(g, i, run=ensemble_of(be.run)):
+        for turns in self_ensemble:
+
+            def run_ensemble(g, i, run=ensemble_of(be.run, turns)):
                 b, m = feed(g, i)
                 return run(b, m)[0, 0]
 
-            methods.append((f"{spec.name} (runtime {be.name}, self-ensemble x8)", run_ensemble))
+            methods.append((f"{spec.name} (runtime {be.name}, self-ensemble x{turns})", run_ensemble))
     except (UserError, BenchError) as exc:
         unavailable.append({"method": f"{spec.name} (runtime {runtime_backend})", "reason": str(exc)})
     return methods, unavailable
@@ -458,7 +459,7 @@ def crops_figure(outputs: dict, test: dict, gain: int, index: int, results: dict
 def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int], crop: int, test_crops: int,
         tune_crops: int, frames: int, threads: int, seed: int, val_fraction: float, split_seed: int, use_bm3d: bool,
         use_nlm: bool, runtime_backend: str, out: Path, workdir: Path, command: str,
-        log: Callable[[str], None] = print, motion: str = "paper", self_ensemble: bool = False) -> dict:
+        log: Callable[[str], None] = print, motion: str = "paper", self_ensemble: tuple[int, ...] = ()) -> dict:
     import cv2
     import torch
 
@@ -520,7 +521,7 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
         "machine": machine_info(threads),
         "config": {"command": command, "images": images, "gains": gains, "crop": crop, "test_crops": test_crops,
                    "tune_crops": tune_crops, "frames": frames, "motion": motion, "threads": threads, "seed": seed,
-                   "tuning_seed": seed + 1, "runtime_backend": runtime_backend, "self_ensemble": self_ensemble,
+                   "tuning_seed": seed + 1, "runtime_backend": runtime_backend, "self_ensemble": list(self_ensemble),
                    "models_from": models_note},
         "source": source,
         "models": [s.describe() for s in specs],

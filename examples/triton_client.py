@@ -33,6 +33,7 @@ from runtime.errors import UserError, first_line  # noqa: E402
 from runtime.frames import list_frames, write_atomic  # noqa: E402
 from runtime.model import ModelInfo  # noqa: E402
 from runtime.pipeline import select_burst  # noqa: E402
+from runtime.symmetry import check_ensemble_size  # noqa: E402
 
 TRITON_TO_NUMPY = {"TYPE_FP32": (np.float32, "FP32"), "TYPE_FP16": (np.float16, "FP16")}
 
@@ -119,7 +120,7 @@ def connect(url: str, model: str, timeout: float) -> TritonBackend:
 
 def denoise_on_triton(folder: Path, backend: TritonBackend, output: Optional[Path] = None, read_noise=None, shot_noise=None,
                       reference: Optional[str] = None, linear: bool = False, tile: Optional[int] = None,
-                      pad_frames: bool = False, self_ensemble: bool = False) -> Path:
+                      pad_frames: bool = False, self_ensemble: int = 1) -> Path:
     """runtime.denoise.denoise_burst with the model call sent to Triton -> the output path."""
     paths, frames, linear, out = open_burst(folder, output, linear)
     info = backend.info
@@ -149,11 +150,13 @@ def main(
     tile: Optional[int] = typer.Option(None, "--tile", help="tile size in pixels (default: untiled up to 1 MP, else 512)"),
     pad_frames: bool = typer.Option(False, "--pad-frames", help="fewer frames than the model needs: repeat the reference"),
     timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the server's model config"),
-    self_ensemble: bool = typer.Option(False, "--self-ensemble", help="average over the 8 turns of the burst (8 requests per tile)"),
+    self_ensemble: int = typer.Option(1, "--self-ensemble", metavar="TURNS", help="average over 4 or 8 turns of the burst "
+                                      "(as python -m runtime.denoise; that many requests per tile); 1 = off"),
 ) -> None:
     """Send the burst in BURST_DIR to MODEL on a Triton server and write the denoised image."""
     try:
-        list_frames(burst_dir)  # a bad folder fails before any network call
+        list_frames(burst_dir)  # a bad folder or option fails before any network call
+        check_ensemble_size(self_ensemble)
         backend = connect(url, model, timeout)
         try:
             out = denoise_on_triton(burst_dir, backend, output, read_noise, shot_noise, reference, linear, tile, pad_frames,

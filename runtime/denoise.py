@@ -34,7 +34,7 @@ from .frames import (
 from .model import ModelInfo, onnx_info, read_engine_sidecar, resolve_model
 from .noise import estimate_noise
 from .pipeline import run_tiled, select_burst, tile_count, video_window
-from .symmetry import self_ensemble as ensemble_of, square_limit
+from .symmetry import check_ensemble_size, self_ensemble as ensemble_of, square_limit
 
 NOISE_CROP = 1024  # noise estimation looks at the central NOISE_CROP^2 pixels of each frame
 
@@ -149,9 +149,9 @@ class _Progress:
 
 def denoise_frames(frames: list[Frame], order: list[int], info: ModelInfo, backend, linear: bool,
                     sigmas: list[tuple[float, float]], tile: Optional[int], step=None,
-                    self_ensemble: bool = False) -> np.ndarray:
+                    self_ensemble: int = 1) -> np.ndarray:
     """Denoise the burst `order` (indices into frames, model order) -> file-typed [H, W, C]; with
-    `self_ensemble` every window is the mean over its 8 turns (runtime.symmetry)."""
+    `self_ensemble` 4 or 8 every window is the mean over that many of its turns (runtime.symmetry)."""
     ref = frames[order[info.reference_index]]
     h, w, c = ref.shape
     nproc, _ = channel_split(c)
@@ -165,7 +165,7 @@ def denoise_frames(frames: list[Frame], order: list[int], info: ModelInfo, backe
         ref_lin = burst[:, info.reference_index : info.reference_index + 1]
         return burst, np.sqrt(sr**2 + ss * np.maximum(ref_lin, 0.0)).astype(np.float32)
 
-    run = ensemble_of(backend.run) if self_ensemble else backend.run
+    run = ensemble_of(backend.run, self_ensemble)
     out_lin = run_tiled(window, h, w, nproc, info, run, tile, window_limit(backend, self_ensemble), backend.max_batch, step)
     result = np.empty_like(ref.pixels)
     result[:, :, :nproc] = from_linear(out_lin.transpose(1, 2, 0), ref.pixels.dtype, linear)
@@ -173,9 +173,9 @@ def denoise_frames(frames: list[Frame], order: list[int], info: ModelInfo, backe
     return result
 
 
-def window_limit(backend, self_ensemble: bool) -> Optional[tuple[int, int]]:
-    """The largest window the backend takes; with the self-ensemble, in both orientations."""
-    return square_limit(backend.max_hw) if self_ensemble else backend.max_hw
+def window_limit(backend, self_ensemble: int) -> Optional[tuple[int, int]]:
+    """The largest window the backend takes; with the self-ensemble (quarter turns), in both orientations."""
+    return square_limit(backend.max_hw) if self_ensemble > 1 else backend.max_hw
 
 
 def _open(path: Path, backend: str, plugins: Optional[Path], threads: Optional[int], cuda_graph: bool):
@@ -198,10 +198,11 @@ def denoise_burst(
     threads: Optional[int] = None,
     cuda_graph: bool = False,
     console: Optional[Console] = None,
-    self_ensemble: bool = False,
+    self_ensemble: int = 1,
 ) -> Result:
     console = console or _console()
     folder = Path(folder)
+    check_ensemble_size(self_ensemble)
     paths, frames, linear, out = open_burst(folder, output, linear)
     ref = reference_position(paths, reference)
     model_path = resolve_model(model)
@@ -213,8 +214,8 @@ def denoise_burst(
     try:
         order, frame_note = select_burst(len(paths), ref, info, pad_frames)
         notes = [n for n in (frame_note,) if n]
-        if self_ensemble:
-            notes.append("self-ensemble: the model runs on the 8 turns of the burst (8x the time)")
+        if self_ensemble > 1:
+            notes.append(f"self-ensemble: the model runs on {self_ensemble} turns of the burst ({self_ensemble}x the time)")
         h, w, c = frames[0].shape
         sigmas, estimated = noise_sigmas(frames.__getitem__, sorted(set(order), key=order.index), linear,
                                          read_noise, shot_noise)
@@ -248,11 +249,12 @@ def denoise_video(
     threads: Optional[int] = None,
     cuda_graph: bool = False,
     console: Optional[Console] = None,
-    self_ensemble: bool = False,
+    self_ensemble: int = 1,
 ) -> Result:
     """Sliding window of N (= T) frames around every frame; writes a folder of denoised frames."""
     console = console or _console()
     folder = Path(folder)
+    check_ensemble_size(self_ensemble)
     paths = list_frames(folder)
     # validate every frame first (nothing is written when one is bad), keep only the first in memory
     first = read_frame(paths[0])
@@ -289,8 +291,9 @@ def denoise_video(
         sigmas, estimated = noise_sigmas(get, sorted(set(win)), linear, read_noise, shot_noise)
         if estimated:
             console.print("estimated noise: " + ", ".join(f"sigma_r={a:.4g} sigma_s={b:.4g}" for a, b in sigmas), markup=False, highlight=False)
-        if self_ensemble:
-            console.print("self-ensemble: the model runs on the 8 turns of every window (8x the time)", markup=False, highlight=False)
+        if self_ensemble > 1:
+            console.print(f"self-ensemble: the model runs on {self_ensemble} turns of every frame ({self_ensemble}x the time)",
+                          markup=False, highlight=False)
         out_dir.mkdir(exist_ok=True)
         per = tile_count(h, w, info, tile, window_limit(be, self_ensemble))
         with _Progress(console, per * len(paths), f"denoising {len(paths)} frames with {be.name}") as prog:
@@ -330,8 +333,9 @@ def main(
     pad_frames: bool = typer.Option(False, "--pad-frames", help="fewer frames than the model needs: repeat the reference"),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime CPU threads (default: all cores)"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay each tile shape as a CUDA graph"),
-    self_ensemble: bool = typer.Option(False, "--self-ensemble", help="average the model's outputs over the 8 turns "
-                                       "(90-degree rotations, transposes) of the burst: 8x the time, a cleaner output"),
+    self_ensemble: int = typer.Option(1, "--self-ensemble", metavar="TURNS", help="average the model's outputs over 4 "
+                                      "(the 90-degree rotations) or 8 (also transposed) turns of the burst: 4x or 8x the "
+                                      "time, a cleaner output; 1 = off"),
 ) -> None:
     """Denoise the burst in BURST_DIR (reference first, or --reference) with a KPN-family model."""
     console = _console()

@@ -150,12 +150,13 @@ def test_missing_model_is_one_line_error(tmp_path):
 def test_quality_command(kpn_ckpt, tmp_path):
     out = tmp_path / "q"
     r = _invoke(["quality", "--models", str(kpn_ckpt), "--gains", "1,4", "--crop", "32", "--test-crops", "2",
-                 "--tune-crops", "1", "--threads", "2", "--self-ensemble", "--out", str(out)])
+                 "--tune-crops", "1", "--threads", "2", "--self-ensemble", "8,4", "--out", str(out)])
     assert r.exit_code == 0, r.output
     data = json.loads((out / "quality.json").read_text())
     res = data["results"]
     names = {"Noisy reference", "Burst mean", "Burst mean, aligned by the true motion (oracle)", "OpenCV NLM multi-frame",
-             "BM3D (reference frame)", "kpn (PyTorch)", "kpn (runtime ort-cpu)", "kpn (runtime ort-cpu, self-ensemble x8)"}
+             "BM3D (reference frame)", "kpn (PyTorch)", "kpn (runtime ort-cpu)", "kpn (runtime ort-cpu, self-ensemble x4)",
+             "kpn (runtime ort-cpu, self-ensemble x8)"}
     assert set(res) == names
     for name in names:
         for g in ("gain1", "gain4"):
@@ -201,6 +202,12 @@ def test_quality_rejects_unknown_motion(kpn_ckpt, tmp_path):
     r = _invoke(["quality", "--models", str(kpn_ckpt), "--motion", "teleport", "--out", str(tmp_path / "q")])
     assert r.exit_code != 0 and "--motion teleport: choose paper, walk, large, still" in r.output
     assert not (tmp_path / "q" / "quality.json").exists()
+
+
+def test_quality_rejects_a_bad_ensemble_size(kpn_ckpt, tmp_path):
+    r = _invoke(["quality", "--models", str(kpn_ckpt), "--self-ensemble", "4,2", "--out", str(tmp_path / "q")])
+    assert r.exit_code != 0 and "--self-ensemble 4,2: each value must be 4" in r.output
+    assert not (tmp_path / "q").exists()
 
 
 def test_report_words_each_training_stage():

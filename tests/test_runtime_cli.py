@@ -117,7 +117,7 @@ def test_tiled_equals_untiled(tiny, tmp_path, tile):
 def test_self_ensemble_option_tiled_and_untiled(tiny, tmp_path):
     frames = noisy_frames(8, 40, 52, dtype=np.float32)
     write_burst(tmp_path / "b", frames, ext=".tif")
-    args = ["--model", tiny, "--read-noise", SR, "--shot-noise", SS, "--self-ensemble"]
+    args = ["--model", tiny, "--read-noise", SR, "--shot-noise", SS, "--self-ensemble", 8]
     code, out = _cli(tmp_path / "b", "-o", tmp_path / "whole.tif", *args)
     assert code == 0 and "self-ensemble" in out, out
     assert _cli(tmp_path / "b", "-o", tmp_path / "tiled.tif", "--tile", 16, *args)[0] == 0
@@ -147,12 +147,12 @@ def test_self_ensemble_keeps_windows_inside_a_non_square_limit(tiny):
 
     be, _ = open_backend(tiny, "ort-cpu")
     frames = [Frame(Path(f"f{i}.tif"), f[:, :, None]) for i, f in enumerate(noisy_frames(8, 40, 90, dtype=np.float32))]
-    free = denoise_frames(frames, list(range(8)), be.info, be, True, [(SR, SS)], None, self_ensemble=True)
+    free = denoise_frames(frames, list(range(8)), be.info, be, True, [(SR, SS)], None, self_ensemble=8)
     shapes = []
     run = be.run
     be.run = lambda b, m: (shapes.append(b.shape[-2:]), run(b, m))[1]
     be.max_hw = (48, 96)  # the untiled 40x96 window fits as is, not turned
-    limited = denoise_frames(frames, list(range(8)), be.info, be, True, [(SR, SS)], None, self_ensemble=True)
+    limited = denoise_frames(frames, list(range(8)), be.info, be, True, [(SR, SS)], None, self_ensemble=8)
     assert shapes and all(h <= 48 and w <= 48 for h, w in shapes), shapes
     assert np.abs(limited - free).max() <= 1e-5  # tiling stays exact
 
@@ -259,6 +259,7 @@ def _bad_cases(tmp: Path, tiny: Path):
     del m.metadata_props[:]
     onnx.save(m, str(nometa))
     cases["model without kpn metadata"] = ([b, "--model", nometa], "not a kpn-deploy model", "nometa.onnx")
+    cases["self-ensemble of 3 turns"] = ([b, "--self-ensemble", 3], "choose 1 (off), 4", "--self-ensemble 3")
     return cases
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from runtime.errors import UserError
 from runtime.symmetry import DIHEDRAL_COUNT, dihedral, self_ensemble, square_limit, undo_dihedral
 from test_runtime_fixtures import make_tiny_model
 
@@ -64,3 +65,8 @@ def test_self_ensemble_is_the_mean_of_the_turned_runs(tmp_path):
     assert got.shape == (2, 1, 16, 24) and got.dtype == np.float32
     assert np.abs(got - want).max() <= 1e-6
     assert np.abs(got - run(burst, nmap)).max() > 1e-3  # not the plain run: the ensemble really averages
+    # 4: the quarter turns, symmetries 0-3; 1: the plain run itself
+    assert np.abs(self_ensemble(run, 4)(burst, nmap) - np.mean(outs[:4], axis=0)).max() <= 1e-6
+    assert self_ensemble(run, 1) is run
+    with pytest.raises(UserError, match="--self-ensemble 3: choose 1"):
+        self_ensemble(run, 3)
