@@ -124,11 +124,14 @@ def quality_cmd(
 
 
 def ensemble_sizes(text: str) -> tuple[int, ...]:
-    """--self-ensemble "4,8" -> (4, 8); "" -> (); each 4 or 8 (1 is the plain runtime row, always there)."""
+    """--self-ensemble "4,8" -> (4, 8); "" -> (); each a size the runtime takes, above 1 (1 is the plain
+    runtime row, always there)."""
+    from runtime.symmetry import ENSEMBLE_SIZES
+
     if not text.strip():
         return ()
     sizes = tuple(sorted(set(parse_list(text, int, "--self-ensemble"))))
-    if any(n not in (4, 8) for n in sizes):
+    if any(n not in ENSEMBLE_SIZES or n == 1 for n in sizes):
         raise BenchError(f"--self-ensemble {text}: each value must be 4 (the quarter turns) or 8 (and their transposes)")
     return sizes
 
