@@ -44,7 +44,12 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     if before its --iters; the command then ends there, which gives the same weights, since the epoch length is explicit in the command and each
     batch depends only on (seed, rank, step) (tests/test_train.py::test_resume_equals_uninterrupted_run).
     A run started with --init-from SOURCE is preceded by SOURCE's own commands (to its step), which write
-    `out` with ".start" before the suffix (".start.start" for a source that had one, and so on)."""
+    `out` with ".start" before the suffix (".start.start" for a source that had one, and so on). An
+    AME-KPN started from a KPN by train.ame_from_kpn is preceded likewise by the KPN's commands (to
+    `out` with ".kpn" before the suffix) and the conversion, and continues with --resume."""
+    from_kpn = train_args.get("from_kpn")
+    if isinstance(from_kpn, dict):
+        return _from_kpn_command(train_args, from_kpn, out, steps)
     init = train_args.get("init_from")
     prefix = []
     if isinstance(init, dict):
@@ -71,9 +76,28 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     return " && ".join(commands)
 
 
+def _from_kpn_command(train_args: dict, from_kpn: dict, out: str, steps: int | None) -> str:
+    """train_command of an AME-KPN run that train.ame_from_kpn started from a KPN checkpoint."""
+    kpn_out = str(Path(out).with_suffix(".kpn" + Path(out).suffix))
+    commands = [train_command(from_kpn.get("train_args") or {}, kpn_out, steps=from_kpn["step"]),
+                f"python -m train.ame_from_kpn {kpn_out} {out} --weight {from_kpn['weight']} "
+                f"--head-lr-factor {train_args.get('head_lr_factor')} --fit-batches {from_kpn['fit_batches']}"]
+    flags = dict(_TRAIN_FLAGS)
+    stages = train_args.get("stages") or []
+    until = stages[0]["from_step"] if stages else (steps if steps is not None else train_args.get("iters"))
+    commands.append(f"kpn-train --model ame-kpn --resume {out} --iters {until} --out {out}")
+    for i, stage in enumerate(stages):
+        until = stages[i + 1]["from_step"] if i + 1 < len(stages) else (steps if steps is not None else train_args.get("iters"))
+        changes = " ".join(f"{flags[name]} {value}" for name, value in stage_changes(stage)[0].items())
+        commands.append(f"kpn-train --model ame-kpn --resume {out} --iters {until} {changes} --out {out}")
+    return " && ".join(commands)
+
+
 def data_sources(train_args: dict) -> list[str]:
-    """Every --data value of the run, first stage first."""
-    values = [first_stage_values(train_args)["data"]]
+    """Every --data value of the run, first stage first (the KPN's run first for an AME-KPN started from one)."""
+    from_kpn = train_args.get("from_kpn")
+    values = data_sources(from_kpn.get("train_args") or {}) if isinstance(from_kpn, dict) else []
+    values.append(first_stage_values(train_args)["data"])
     for stage in train_args.get("stages") or []:
         changed = stage_changes(stage)[0]
         if "data" in changed:

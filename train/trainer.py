@@ -88,6 +88,13 @@ class TrainArgs:
     # e.g. the first convolution and the head of a net with another --frames, keep their initialisation).
     # Resolved to {"path", "sha256", "step", "train_args"} and kept through resumes.
     init_from: str | dict | None = None
+    # AME-KPN's blend parts (BLEND_PARTS: weight map, attention gates) learn at this multiple of the
+    # schedule's rate. Set by `python -m train.ame_from_kpn`, which starts an AME-KPN from a trained KPN
+    # late in its schedule, where the KPN's rate cannot move a new weight map (train/ame_from_kpn.py).
+    head_lr_factor: float = 1.0
+    # {"path", "sha256", "step", "weight", "fit_batches", "train_args"}: the KPN checkpoint an AME-KPN run
+    # was started from by train.ame_from_kpn (its own run too, so that train.release can write the chain)
+    from_kpn: dict | None = None
     quiet: bool = False
     # processes that make the training bursts ahead of the steps (0: in the training process). Not a run
     # field: step s's burst comes from the seed (seed, rank, s) wherever it is made, so a resume may change it.
@@ -97,7 +104,7 @@ class TrainArgs:
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
-                                       "loss_scale", "init_from"),
+                                       "loss_scale", "init_from", "head_lr_factor", "from_kpn"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -127,6 +134,22 @@ def first_stage_values(train_args: dict) -> dict:
     for stage in reversed(train_args.get("stages") or []):
         values.update(stage_changes(stage)[1])
     return values
+
+
+def is_blend_part(name: str) -> bool:
+    """Whether parameter `name` of an AME-KPN is one of the parts a KPN lacks that set its blend (eq. 4):
+    the weight map's head and the decoders' channel and spatial attention."""
+    return name.startswith("weight_head.") or ".channel_attention." in name or ".spatial_attention." in name
+
+
+def build_optimizer(net: nn.Module, lr: float, head_lr_factor: float = 1.0) -> torch.optim.Adam:
+    """Adam over `net`; with head_lr_factor != 1 in two groups: every other parameter at lr, the blend
+    parts (is_blend_part) at lr * head_lr_factor. The scheduler scales both groups alike."""
+    if head_lr_factor == 1.0:
+        return torch.optim.Adam(net.parameters(), lr=lr)
+    named = list(net.named_parameters())
+    return torch.optim.Adam([{"params": [p for name, p in named if not is_blend_part(name)], "lr": lr},
+                             {"params": [p for name, p in named if is_blend_part(name)], "lr": lr * head_lr_factor}])
 
 
 def lr_lambda_factory(decay: float, floor: float, epoch_iters: int, factor: float = 1.0):
@@ -231,6 +254,9 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
         raise TrainError(f"unknown augmentation {args.augment!r}; choose {' or '.join(AUGMENTATIONS)}")
     if not 0.0 < args.lr_factor <= 1e3:
         raise TrainError(f"--lr-factor {args.lr_factor}: choose a factor above 0 (0.1: a tenth of the schedule's rate)")
+    if args.head_lr_factor != 1.0 and (args.model != "ame-kpn" or not 0.0 < args.head_lr_factor <= 1e3):
+        raise TrainError(f"head_lr_factor {args.head_lr_factor}: a factor above 0 for AME-KPN's blend parts "
+                         f"(train.ame_from_kpn), not for {args.model}")
     lr0, _, _ = LR_SCHEDULES[args.model]
     if args.lr is None:
         args.lr = lr0
@@ -363,7 +389,7 @@ def train(args: TrainArgs, console=None) -> dict:
                           f"{len(fresh)} tensors keep their initialisation" + (f": {', '.join(fresh)}" if fresh else ""))
         net = net.to(device)
         lr0, decay, floor = LR_SCHEDULES[cfg.family]
-        optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+        optimizer = build_optimizer(net, args.lr, args.head_lr_factor)
         lr_at = lr_lambda_factory(decay, floor, args.epoch_iters, args.lr_factor)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
         step, metrics = 0, {}
