@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from .checkpoint import read_checkpoint, save_checkpoint
-from .data import BurstSampler, load_source
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .data import BurstSampler, DataError, load_source
 from .losses import loss_for_family
 from .models import build_model, config_from_dict
 from .trainer import LR_SCHEDULES, TrainError, build_optimizer, lr_lambda_factory
@@ -173,9 +173,6 @@ def main(
     head_lr_factor: float = typer.Option(30.0, "--head-lr-factor", help="rate of the weight map and attention gates, x the schedule's"),
     fit_batches: int = typer.Option(12, "--fit-batches", help="training batches for the residual read-out's least-squares fit"),
 ) -> None:
-    from .checkpoint import CheckpointError
-    from .data import DataError
-
     try:
         ame_from_kpn(kpn, out, weight, head_lr_factor, fit_batches)
     except (TrainError, CheckpointError, DataError) as exc:

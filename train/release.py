@@ -60,7 +60,6 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     first = dict(train_args) | first_stage_values(train_args)
     if stages:
         first["iters"] = stages[0]["from_step"]
-    flags = dict(_TRAIN_FLAGS)
     parts = ["kpn-train"]
     for field, flag in _TRAIN_FLAGS:
         value = first.get(field)
@@ -69,11 +68,19 @@ def train_command(train_args: dict, out: str, steps: int | None = None) -> str:
     if prefix:
         parts += ["--init-from", source_out]
     commands = prefix + [" ".join(parts + ["--out", out])]
-    for i, stage in enumerate(stages):
-        until = stages[i + 1]["from_step"] if i + 1 < len(stages) else train_args.get("iters")
-        changes = " ".join(f"{flags[name]} {value}" for name, value in stage_changes(stage)[0].items())
-        commands.append(f"kpn-train --model {train_args.get('model')} --resume {out} --iters {until} {changes} --out {out}")
+    commands += _stage_commands(train_args.get("model"), stages, out, train_args.get("iters"))
     return " && ".join(commands)
+
+
+def _stage_commands(model: str, stages: list, out: str, end: int) -> list[str]:
+    """One `kpn-train --resume` per stage, each to the next stage's first step (the last to `end`)."""
+    flags = dict(_TRAIN_FLAGS)
+    commands = []
+    for i, stage in enumerate(stages):
+        until = stages[i + 1]["from_step"] if i + 1 < len(stages) else end
+        changes = " ".join(f"{flags[name]} {value}" for name, value in stage_changes(stage)[0].items())
+        commands.append(f"kpn-train --model {model} --resume {out} --iters {until} {changes} --out {out}")
+    return commands
 
 
 def _from_kpn_command(train_args: dict, from_kpn: dict, out: str, steps: int | None) -> str:
@@ -82,14 +89,10 @@ def _from_kpn_command(train_args: dict, from_kpn: dict, out: str, steps: int | N
     commands = [train_command(from_kpn.get("train_args") or {}, kpn_out, steps=from_kpn["step"]),
                 f"python -m train.ame_from_kpn {kpn_out} {out} --weight {from_kpn['weight']} "
                 f"--head-lr-factor {train_args.get('head_lr_factor')} --fit-batches {from_kpn['fit_batches']}"]
-    flags = dict(_TRAIN_FLAGS)
     stages = train_args.get("stages") or []
-    until = stages[0]["from_step"] if stages else (steps if steps is not None else train_args.get("iters"))
-    commands.append(f"kpn-train --model ame-kpn --resume {out} --iters {until} --out {out}")
-    for i, stage in enumerate(stages):
-        until = stages[i + 1]["from_step"] if i + 1 < len(stages) else (steps if steps is not None else train_args.get("iters"))
-        changes = " ".join(f"{flags[name]} {value}" for name, value in stage_changes(stage)[0].items())
-        commands.append(f"kpn-train --model ame-kpn --resume {out} --iters {until} {changes} --out {out}")
+    end = steps if steps is not None else train_args.get("iters")
+    commands.append(f"kpn-train --model ame-kpn --resume {out} --iters {stages[0]['from_step'] if stages else end} --out {out}")
+    commands += _stage_commands("ame-kpn", stages, out, end)
     return " && ".join(commands)
 
 

@@ -88,7 +88,7 @@ class TrainArgs:
     # e.g. the first convolution and the head of a net with another --frames, keep their initialisation).
     # Resolved to {"path", "sha256", "step", "train_args"} and kept through resumes.
     init_from: str | dict | None = None
-    # AME-KPN's blend parts (BLEND_PARTS: weight map, attention gates) learn at this multiple of the
+    # AME-KPN's blend parts (is_blend_part: weight map, attention gates) learn at this multiple of the
     # schedule's rate. Set by `python -m train.ame_from_kpn`, which starts an AME-KPN from a trained KPN
     # late in its schedule, where the KPN's rate cannot move a new weight map (train/ame_from_kpn.py).
     head_lr_factor: float = 1.0
