@@ -137,8 +137,8 @@ def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: 
     for burst, noise_map, clean in batches:
         ame.zero_grad()
         out_, estimates = ame.forward_train(burst, noise_map)
-        loss = loss_fn(out_, estimates, clean, step)
-        (loss[0] if isinstance(loss, tuple) else loss).backward()
+        loss, _ = loss_fn(out_, estimates, clean, step)
+        loss.backward()
         for name, p in ame.named_parameters():
             squares[name] += p.grad.detach() ** 2 / len(batches)
     ame.zero_grad()
