@@ -164,3 +164,19 @@ def test_log_loss_scale_weighs_a_burst_by_its_relative_error():
     assert losses[1] / losses[0] > 5
     for b in range(2):
         assert torch.allclose(grads["log"][b], grads["linear"][b] / losses[b], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_gradient_weight_is_lambda_of_eq7(scale):
+    """kpn-train --gradient-weight: the KPN-family loss is eq. 7 with that lambda (0: the squared error alone)."""
+    pred, target = sample(10, (2, 1, 5, 6)), sample(11, (2, 1, 5, 6))
+    for lam in (0.0, 0.01, 1.0):
+        loss = loss_for_family("kpn", decay=0.0, scale=scale, gradient_weight=lam)
+        per_burst = [eq7(pred[b : b + 1], target[b : b + 1], lam) for b in range(2)]
+        # log: the mean of each burst's log loss; linear: global means, the same as the two bursts' mean (equal sizes)
+        expected = (sum(math.log(v) for v in per_burst) if scale == "log" else sum(per_burst)) / 2
+        assert float(loss(pred, pred[:, :0], target, 0)[0]) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="no gradient term"):
+        loss_for_family("st-pan", gradient_weight=0.5)
+    with pytest.raises(ValueError, match="must be in"):
+        loss_for_family("kpn", gradient_weight=-1.0)

@@ -135,6 +135,39 @@ def test_resume_with_a_new_stage_field_is_a_stage_that_the_release_command_repro
         assert torch.equal(v, again["model"][k]), k
 
 
+def test_a_gradient_weight_stage_trains_with_that_lambda_and_the_release_command_reproduces_it(tmp_path, monkeypatch):
+    """--gradient-weight on a resume is a stage of the run; the loss it trains with is eq. 7 with that
+    lambda; a run that never set it keeps its command line without the flag (the shipped manifests')."""
+    from train.release import train_command
+
+    run = tmp_path / "kpn.pt"
+    train(TrainArgs(model="kpn", kernels="projected", iters=2, seed=4, out=str(run), **TINY))
+    before = torch.load(run, weights_only=True)["train_args"]
+    assert before["gradient_weight"] == 1.0 and before["loss"]["gradient_weight"] == 1.0
+    assert "--gradient-weight" not in train_command(before, "again.pt")
+    train(TrainArgs(model="kpn", iters=3, resume=str(run), gradient_weight=0.01, out=str(run), **TINY))
+    train(TrainArgs(model="kpn", iters=4, resume=str(run), out=str(run), **TINY))  # the checkpoint's lambda
+    ckpt = torch.load(run, weights_only=True)
+    assert ckpt["train_args"]["stages"] == [{"from_step": 2, "set": {"gradient_weight": 0.01}, "previous": {"gradient_weight": 1.0}}]
+    assert ckpt["train_args"]["loss"]["gradient_weight"] == 0.01
+    commands = train_command(ckpt["train_args"], "again.pt").split(" && ")
+    assert "--gradient-weight" not in commands[0]
+    assert commands[1] == "kpn-train --model kpn --resume again.pt --iters 4 --gradient-weight 0.01 --out again.pt"
+    again = _run_as_a_user(commands, tmp_path, monkeypatch, "again.pt")
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, again["model"][k]), k
+    # ... and the weights differ from the same steps at lambda 1: the option reaches the loss
+    plain = tmp_path / "plain.pt"
+    train(TrainArgs(model="kpn", kernels="projected", iters=2, seed=4, out=str(plain), **TINY))
+    train(TrainArgs(model="kpn", iters=4, resume=str(plain), out=str(plain), **TINY))
+    other = torch.load(plain, weights_only=True)["model"]
+    assert not torch.equal(other["kernel_head.weight"], ckpt["model"]["kernel_head.weight"])
+    # a new run with it writes it in its first command
+    fresh = tmp_path / "fresh.pt"
+    train(TrainArgs(model="kpn", iters=1, gradient_weight=0.5, out=str(fresh), **TINY))
+    assert "--gradient-weight 0.5 " in train_command(torch.load(fresh, weights_only=True)["train_args"], "f.pt")
+
+
 def test_resume_with_new_data_is_a_stage(tmp_path):
     from train.release import train_command
 
@@ -182,7 +215,7 @@ def test_stages_in_the_first_format_still_read():
     assert stage_changes(old) == ({"downsample": 1}, {"downsample": 2})
     args = {"model": "st-pan", "iters": 9000, "downsample": 1, "stages": [old]}
     assert first_stage_values(args) == {"data": "builtin", "downsample": 2, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0,
-                                        "anneal_floor": 0.0, "loss_scale": "linear"}
+                                        "anneal_floor": 0.0, "loss_scale": "linear", "gradient_weight": 1.0}
     first, second = train_command(args, "m.pt").split(" && ")
     assert "--iters 4500 --downsample 2 " in first
     assert second == "kpn-train --model st-pan --resume m.pt --iters 9000 --downsample 1 --out m.pt"
@@ -286,6 +319,8 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
     _one_line_error(_cli("--model", "kpn", "--anneal-floor", "-1", "--out", out), "--anneal-floor", "floor -1.0")
     _one_line_error(_cli("--model", "kpn", "--loss-scale", "db", "--out", out), "--loss-scale", "unknown loss scale 'db'")
     _one_line_error(_cli("--model", "kpn", "--kernels", "sigmoid", "--out", out), "unknown kernels 'sigmoid'")
+    _one_line_error(_cli("--model", "kpn", "--gradient-weight", "-0.1", "--out", out), "--gradient-weight", "gradient weight -0.1")
+    _one_line_error(_cli("--model", "st-pan", "--gradient-weight", "0.5", "--out", out), "--gradient-weight", "no gradient term")
     _one_line_error(_cli("--model", "st-pan", "--kernels", "projected", "--out", out), "--kernels", "st-pan predicts no kernels")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -137,7 +137,8 @@ def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: 
 
     # Adam state: the KPN's moments where a tensor carries over (the kernel rows of the head too); for the
     # new tensors zero first moments and second moments from the fitting batches' gradients.
-    loss_fn = loss_for_family("ame-kpn", kta["anneal_decay"], kta.get("anneal_floor") or 0.0, kta.get("loss_scale") or "linear")
+    loss_fn = loss_for_family("ame-kpn", kta["anneal_decay"], kta.get("anneal_floor") or 0.0, kta.get("loss_scale") or "linear",
+                              1.0 if kta.get("gradient_weight") is None else kta["gradient_weight"])
     learning = [(name, p) for name, p in ame.named_parameters() if p.requires_grad]
     squares = {name: torch.zeros_like(p) for name, p in learning}
     ame.train()

@@ -83,6 +83,7 @@ class TrainArgs:
     anneal_decay: float | None = None  # None: the papers' 0.9998 (train.losses)
     anneal_floor: float | None = None  # lowest weight of the annealed term; None: 0, or on --resume the checkpoint's
     loss_scale: str | None = None  # train.losses.LOSS_SCALES; None: "linear", or on --resume the checkpoint's
+    gradient_weight: float | None = None  # lambda of eq. 7 (KPN/AME-KPN); None: 1, or on --resume the checkpoint's
     kernels: str | None = None  # KPN/AME-KPN kernel form (train.models.KERNEL_FORMS); None: the config's default
     # A new run that starts from another checkpoint's weights (those whose names and shapes match; the rest,
     # e.g. the first convolution and the head of a net with another --frames, keep their initialisation).
@@ -107,7 +108,8 @@ class TrainArgs:
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
-                                       "loss_scale", "init_from", "head_lr_factor", "freeze_kpn", "from_kpn"),
+                                       "loss_scale", "gradient_weight", "init_from", "head_lr_factor", "freeze_kpn",
+                                       "from_kpn"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -120,7 +122,7 @@ class TrainArgs:
 # A change starts a new stage of the run (recorded in train_args["stages"]; train.release turns the
 # stages back into command lines).
 STAGE_FIELDS = {"data": "builtin", "downsample": DOWNSAMPLE, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0,
-                "loss_scale": "linear"}
+                "loss_scale": "linear", "gradient_weight": 1.0}
 
 
 def stage_changes(stage: dict) -> tuple[dict, dict]:
@@ -445,9 +447,9 @@ def train(args: TrainArgs, console=None) -> dict:
                 optimizer.state.clear()
             console.print(f"resumed {args.resume} at step {step} of {args.iters}")
         try:
-            loss_fn = loss_for_family(cfg.family, args.anneal_decay, args.anneal_floor, args.loss_scale)
+            loss_fn = loss_for_family(cfg.family, args.anneal_decay, args.anneal_floor, args.loss_scale, args.gradient_weight)
         except ValueError as exc:
-            raise TrainError(f"--anneal-decay/--anneal-floor/--loss-scale: {exc}") from None
+            raise TrainError(f"--anneal-decay/--anneal-floor/--loss-scale/--gradient-weight: {exc}") from None
         forward = _TrainForward(net)
         if distributed:
             from torch.nn.parallel import DistributedDataParallel
