@@ -191,39 +191,3 @@ def test_bad_input_gets_a_one_line_error_and_nothing_is_written(kpn_run, tmp_pat
         ame_from_kpn(str(bare), str(tmp_path / "x.pt"))
     with pytest.raises(TrainError, match="not for kpn"):
         train(TrainArgs(model="kpn", head_lr_factor=3.0, iters=1, out=str(tmp_path / "k.pt"), **TINY))
-
-
-def test_with_freeze_kpn_only_the_blend_parts_and_residual_rows_learn(kpn_run, tmp_path):
-    """--freeze-kpn: through a resumed run (and a resume of that), the backbone's convolutions and the
-    head's kernel rows stay bit for bit the KPN's; the residual rows, weight map and gates move."""
-    from train.release import train_command
-
-    source, _ = kpn_run
-    frozen = tmp_path / "frozen.pt"
-    r = CliRunner().invoke(convert_app, [str(source), str(frozen), "--weight", "0.9", "--fit-batches", "2", "--freeze-kpn"])
-    assert r.exit_code == 0, r.output
-    start = torch.load(frozen, weights_only=True)
-    assert start["train_args"]["freeze_kpn"] is True
-    train(TrainArgs(model="ame-kpn", resume=str(frozen), out=str(frozen), iters=6, **TINY))
-    train(TrainArgs(model="ame-kpn", resume=str(frozen), out=str(frozen), iters=9, **TINY))
-    end = torch.load(frozen, weights_only=True)
-    assert end["step"] == 9 and end["train_args"]["freeze_kpn"] is True
-    rows = 8 * 25
-    moved = []
-    for name, before in start["model"].items():
-        after = end["model"][name]
-        if name.startswith("kernel_residual_head."):
-            assert torch.equal(after[:rows], before[:rows]), name
-            assert not torch.equal(after[rows:], before[rows:]), name
-        elif is_blend_part(name):
-            moved.append(not torch.equal(after, before))
-        else:
-            assert torch.equal(after, before), name
-    assert all(moved) and len(moved) == 20
-    # the frozen tensors are not in Adam: its groups hold the head and the 20 blend tensors only
-    slow, fast = end["optimizer"]["param_groups"]
-    assert len(slow["params"]) == 2 and len(fast["params"]) == 20
-    assert train_command(end["train_args"], "again.pt").split(" && ")[1].endswith("--fit-batches 2 --freeze-kpn")
-    # a KPN run cannot be frozen: there is nothing to hold
-    with pytest.raises(TrainError, match="freeze_kpn"):
-        train(TrainArgs(model="kpn", freeze_kpn=True, iters=1, out=str(tmp_path / "k.pt"), **TINY))

@@ -16,9 +16,6 @@ the decoders. Trained from scratch on our CPU budget it stayed 0.8-0.9 dB under 
     the blend parts (train.trainer.is_blend_part) at `head_lr_factor` x the rate. Why: at the end of a
     KPN's schedule (1.5e-5) Adam moves a parameter by about its rate per step, and the weight map's
     logit (3.9 for 0.98) did not move in thousands of steps (measured: docs/training-findings.md).
-  - `--freeze-kpn` holds the parts taken from the KPN fixed for the whole run (train.trainer.freeze_kpn_parts):
-    only the blend parts and the residual rows learn, so the AME-KPN is the KPN plus what its new
-    branches add, not the KPN drifting on at its final rate while they learn.
 
 OUT records the KPN (path, sha256, step, its run's arguments) and these settings, so `train.release` writes
 the whole chain of commands. The KPN checkpoint must carry its optimizer state (kpn-train's and
@@ -40,7 +37,7 @@ from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import BurstSampler, DataError, load_source
 from .losses import loss_for_family
 from .models import build_model, config_from_dict
-from .trainer import LR_SCHEDULES, TrainError, build_optimizer, freeze_kpn_parts, lr_lambda_factory
+from .trainer import LR_SCHEDULES, TrainError, build_optimizer, lr_lambda_factory
 
 FIT_SEED = 12345  # numpy seed of the fitting batches (not a training step's seed: those are [seed, rank, step])
 GATE_LOGIT = 8.0  # pre-sigmoid value of the opened attention gates
@@ -48,7 +45,7 @@ RIDGE = 1e-6  # relative ridge of the least-squares fit (the features' scale tim
 
 
 def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: float = 30.0,
-                 fit_batches: int = 12, freeze_kpn: bool = False, log=print) -> dict:
+                 fit_batches: int = 12, log=print) -> dict:
     """Writes the AME-KPN checkpoint `out` started from the KPN checkpoint `kpn_path`; -> its train_args."""
     from runtime.files import sha256_file
 
@@ -124,11 +121,8 @@ def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: 
             decoder.spatial_attention.conv.bias.fill_(GATE_LOGIT)
 
     ata = dict(kta) | {"model": "ame-kpn", "stages": [], "init_from": None, "head_lr_factor": head_lr_factor,
-                       "freeze_kpn": freeze_kpn,
                        "from_kpn": {"path": str(kpn_path), "sha256": sha256_file(kpn_path), "step": step,
                                     "weight": weight, "fit_batches": fit_batches, "train_args": kta}}
-    if freeze_kpn:
-        freeze_kpn_parts(ame)
     _, decay, floor = LR_SCHEDULES["ame-kpn"]
     optimizer = build_optimizer(ame, kta["lr"], head_lr_factor)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -139,27 +133,25 @@ def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: 
     # new tensors zero first moments and second moments from the fitting batches' gradients.
     loss_fn = loss_for_family("ame-kpn", kta["anneal_decay"], kta.get("anneal_floor") or 0.0, kta.get("loss_scale") or "linear",
                               1.0 if kta.get("gradient_weight") is None else kta["gradient_weight"])
-    learning = [(name, p) for name, p in ame.named_parameters() if p.requires_grad]
-    squares = {name: torch.zeros_like(p) for name, p in learning}
+    squares = {name: torch.zeros_like(p) for name, p in ame.named_parameters()}
     ame.train()
     for burst, noise_map, clean in batches:
         ame.zero_grad()
         out_, estimates = ame.forward_train(burst, noise_map)
         loss, _ = loss_fn(out_, estimates, clean, step)
         loss.backward()
-        for name, p in learning:
+        for name, p in ame.named_parameters():
             squares[name] += p.grad.detach() ** 2 / len(batches)
     ame.zero_grad()
     kpn_names = [name for name, _ in kpn.named_parameters()]
     kpn_state = {kpn_names[i]: s for i, s in ck["optimizer"]["state"].items()}
-    for name, p in learning:
+    for name, p in ame.named_parameters():
         if name in kpn_state:
             state = {k: v.clone() if torch.is_tensor(v) else v for k, v in kpn_state[name].items()}
         elif name.startswith("kernel_residual_head"):
             held = kpn_state[name.replace("kernel_residual_head", "kernel_head")]
             state = {"step": held["step"].clone(), "exp_avg": torch.zeros_like(p), "exp_avg_sq": squares[name].clone()}
-            # frozen kernel rows: zero first moments, so that Adam's step on them stays exactly zero
-            state["exp_avg"][: n * k2] = 0.0 if freeze_kpn else held["exp_avg"]
+            state["exp_avg"][: n * k2] = held["exp_avg"]
             state["exp_avg_sq"][: n * k2] = held["exp_avg_sq"]
         else:
             state = {"step": torch.tensor(float(step)), "exp_avg": torch.zeros_like(p), "exp_avg_sq": squares[name].clone()}
@@ -167,7 +159,7 @@ def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: 
     metrics = {k: v for k, v in (ck.get("metrics") or {}).items() if k in ("wall_seconds", "history")}
     save_checkpoint(out, ame, acfg, optimizer, scheduler, step=step, metrics=metrics, train_args=ata)
     log(f"wrote {out}: an AME-KPN at step {step} of {kpn_path}'s run (weight map {weight}, blend parts at "
-        f"{head_lr_factor}x the rate{'; the KPN parts frozen' if freeze_kpn else ''}); continue with kpn-train --model ame-kpn --resume {out} --iters N")
+        f"{head_lr_factor}x the rate); continue with kpn-train --model ame-kpn --resume {out} --iters N")
     return ata
 
 
@@ -181,10 +173,9 @@ def main(
     weight: float = typer.Option(0.98, "--weight", help="the weight map's start: the kernel branch's share of each output"),
     head_lr_factor: float = typer.Option(30.0, "--head-lr-factor", help="rate of the weight map and attention gates, x the schedule's"),
     fit_batches: int = typer.Option(12, "--fit-batches", help="training batches for the residual read-out's least-squares fit"),
-    freeze_kpn: bool = typer.Option(False, "--freeze-kpn", help="hold the backbone and kernel rows taken from the KPN fixed for the whole run"),
 ) -> None:
     try:
-        ame_from_kpn(kpn, out, weight, head_lr_factor, fit_batches, freeze_kpn)
+        ame_from_kpn(kpn, out, weight, head_lr_factor, fit_batches)
     except (TrainError, CheckpointError, DataError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)

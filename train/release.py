@@ -92,8 +92,7 @@ def _from_kpn_command(train_args: dict, from_kpn: dict, out: str, steps: int | N
     kpn_out = str(Path(out).with_suffix(".kpn" + Path(out).suffix))
     commands = [train_command(from_kpn.get("train_args") or {}, kpn_out, steps=from_kpn["step"]),
                 f"python -m train.ame_from_kpn {kpn_out} {out} --weight {from_kpn['weight']} "
-                f"--head-lr-factor {train_args.get('head_lr_factor')} --fit-batches {from_kpn['fit_batches']}"
-                + (" --freeze-kpn" if train_args.get("freeze_kpn") else "")]
+                f"--head-lr-factor {train_args.get('head_lr_factor')} --fit-batches {from_kpn['fit_batches']}"]
     stages = train_args.get("stages") or []
     end = steps if steps is not None else train_args.get("iters")
     commands.append(f"kpn-train --model ame-kpn --resume {out} --iters {stages[0]['from_step'] if stages else end} --out {out}")

@@ -93,9 +93,6 @@ class TrainArgs:
     # schedule's rate. Set by `python -m train.ame_from_kpn`, which starts an AME-KPN from a trained KPN
     # late in its schedule, where the KPN's rate cannot move a new weight map (train/ame_from_kpn.py).
     head_lr_factor: float = 1.0
-    # AME-KPN only: hold the parts it took from a KPN fixed (freeze_kpn_parts), so that only the blend
-    # parts and the residual rows learn. Set by `python -m train.ame_from_kpn --freeze-kpn`.
-    freeze_kpn: bool = False
     # {"path", "sha256", "step", "weight", "fit_batches", "train_args"}: the KPN checkpoint an AME-KPN run
     # was started from by train.ame_from_kpn (its own run too, so that train.release can write the chain)
     from_kpn: dict | None = None
@@ -108,8 +105,7 @@ class TrainArgs:
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
-                                       "loss_scale", "gradient_weight", "init_from", "head_lr_factor", "freeze_kpn",
-                                       "from_kpn"),
+                                       "loss_scale", "gradient_weight", "init_from", "head_lr_factor", "from_kpn"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -147,33 +143,12 @@ def is_blend_part(name: str) -> bool:
     return name.startswith("weight_head.") or ".channel_attention." in name or ".spatial_attention." in name
 
 
-def freeze_kpn_parts(net: nn.Module) -> None:
-    """Holds fixed the parts an AME-KPN shares with a KPN (the run field freeze_kpn): the backbone's
-    convolutions and the kernel rows of the head. The blend parts (is_blend_part) and the residual rows
-    learn. The kernel rows share one tensor with the residual rows, so a gradient hook zeroes their
-    gradient; with zero gradients and zero first moments (train.ame_from_kpn starts them so) Adam leaves
-    them exactly as they are. Call before build_optimizer, which then leaves the frozen tensors out."""
-    kernel_rows = net.cfg.frames * net.cfg.kernel_size**2
-    for name, p in net.named_parameters():
-        if not (is_blend_part(name) or name.startswith("kernel_residual_head.")):
-            p.requires_grad_(False)
-
-    def residual_rows_only(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[:kernel_rows] = 0
-        return grad
-
-    net.kernel_residual_head.weight.register_hook(residual_rows_only)
-    net.kernel_residual_head.bias.register_hook(residual_rows_only)
-
-
 def build_optimizer(net: nn.Module, lr: float, head_lr_factor: float = 1.0) -> torch.optim.Adam:
-    """Adam over `net`'s learning parameters (frozen ones, requires_grad False, are left out); with
-    head_lr_factor != 1 in two groups: every other parameter at lr, the blend parts (is_blend_part) at
-    lr * head_lr_factor. The scheduler scales both groups alike."""
-    named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    """Adam over `net`; with head_lr_factor != 1 in two groups: every other parameter at lr, the blend
+    parts (is_blend_part) at lr * head_lr_factor. The scheduler scales both groups alike."""
     if head_lr_factor == 1.0:
-        return torch.optim.Adam([p for _, p in named], lr=lr)
+        return torch.optim.Adam(net.parameters(), lr=lr)
+    named = list(net.named_parameters())
     return torch.optim.Adam([{"params": [p for name, p in named if not is_blend_part(name)], "lr": lr},
                              {"params": [p for name, p in named if is_blend_part(name)], "lr": lr * head_lr_factor}])
 
@@ -283,9 +258,6 @@ def _resolve(args: TrainArgs) -> tuple[TrainArgs, dict | None]:
     if args.head_lr_factor != 1.0 and (args.model != "ame-kpn" or not 0.0 < args.head_lr_factor <= 1e3):
         raise TrainError(f"head_lr_factor {args.head_lr_factor}: a factor above 0 for AME-KPN's blend parts "
                          f"(train.ame_from_kpn), not for {args.model}")
-    if args.freeze_kpn and (args.model != "ame-kpn" or not args.from_kpn):
-        raise TrainError("freeze_kpn: holds the KPN parts of an AME-KPN started by train.ame_from_kpn, "
-                         f"not of a {args.model} run")
     lr0, _, _ = LR_SCHEDULES[args.model]
     if args.lr is None:
         args.lr = lr0
@@ -418,8 +390,6 @@ def train(args: TrainArgs, console=None) -> dict:
                           f"{len(fresh)} tensors keep their initialisation" + (f": {', '.join(fresh)}" if fresh else ""))
         net = net.to(device)
         lr0, decay, floor = LR_SCHEDULES[cfg.family]
-        if args.freeze_kpn:
-            freeze_kpn_parts(net)
         optimizer = build_optimizer(net, args.lr, args.head_lr_factor)
         lr_at = lr_lambda_factory(decay, floor, args.epoch_iters, args.lr_factor)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
