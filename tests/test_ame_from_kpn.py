@@ -86,25 +86,33 @@ def test_the_ame_kpn_starts_as_the_kpn_with_a_fitted_residual_branch(kpn_run):
         assert weighted_error() > 1.3 * best
 
 
-def test_from_the_shipped_kpn_the_ame_kpn_starts_level_with_it(tmp_path):
-    """On the shipped kpn-small (trained weights), converted with one fitting batch: on that batch the
-    AME-KPN, 2% of whose output is the fitted residual branch, is at least level with the KPN (measured:
-    +0.29 dB; on two other batches -0.4 and -0.55 dB: one batch overfits, which is why the default is 12)."""
+def test_from_the_shipped_kpn_the_kernel_branch_is_the_kpn(tmp_path):
+    """On the shipped kpn-small (trained weights), converted with 3 fitting batches: on those batches the
+    AME-KPN's kernel branch alone (weight map at 1, gates open) scores what the KPN scores, and the fitted
+    residual branch is in the output. The blended start is not asserted level: from kpn-small's step
+    58500 (lambda 1) it was (28.950 dB on validation against 28.952), from the shipped 71000-step one
+    (trained with --gradient-weight 0) it starts 0.3 dB under on its fitting batches (measured: the fit
+    is a weighted least squares in linear space, PSNR is in gamma space; docs/training-findings.md)."""
     from pathlib import Path
 
     shipped = Path(__file__).resolve().parent.parent / "models" / "kpn-small.pt"
     out = tmp_path / "ame.pt"
-    ame_from_kpn(str(shipped), str(out), weight=0.98, fit_batches=1, log=lambda *a: None)
+    ame_from_kpn(str(shipped), str(out), weight=0.98, fit_batches=3, log=lambda *a: None)
     kpn, kck = load_checkpoint(shipped)
     ame, _ = load_checkpoint(out)
     kpn.eval(), ame.eval()
-    (burst, noise, clean), = _fit_batches(kck, 1)
+    ps_kpn, ps_kernels, moved = [], [], []
     with torch.no_grad():
-        k, a = kpn(burst, noise), ame(burst, noise)
-    ps_kpn = np.mean([psnr_gamma(p, c) for p, c in zip(k, clean)])
-    ps_ame = np.mean([psnr_gamma(p, c) for p, c in zip(a, clean)])
-    assert ps_ame > ps_kpn - 0.05, (ps_kpn, ps_ame)
-    assert float((a - k).abs().mean()) > 1e-5  # the residual branch is in the output
+        for burst, noise, clean in _fit_batches(kck, 3):
+            k, blended = kpn(burst, noise), ame(burst, noise)
+            moved.append(float((blended - k).abs().mean()))
+            ame.weight_head.bias.fill_(30.0)
+            kernels = ame(burst, noise)
+            ame.weight_head.bias.fill_(float(np.log(0.98 / 0.02)))
+            ps_kpn += [psnr_gamma(p, c) for p, c in zip(k, clean)]
+            ps_kernels += [psnr_gamma(p, c) for p, c in zip(kernels, clean)]
+    assert abs(np.mean(ps_kernels) - np.mean(ps_kpn)) < 0.02, (np.mean(ps_kpn), np.mean(ps_kernels))
+    assert min(moved) > 1e-5  # the residual branch is in the output
 
 
 def test_the_blend_parts_learn_at_their_own_rate_and_the_adam_moments_carry_over(kpn_run, tmp_path):
