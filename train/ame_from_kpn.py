@@ -37,7 +37,7 @@ from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import BurstSampler, DataError, load_source
 from .losses import loss_for_family
 from .models import build_model, config_from_dict
-from .trainer import LR_SCHEDULES, TrainError, build_optimizer, lr_lambda_factory
+from .trainer import LR_SCHEDULES, STAGE_FIELDS, TrainError, build_optimizer, lr_lambda_factory
 
 FIT_SEED = 12345  # numpy seed of the fitting batches (not a training step's seed: those are [seed, rank, step])
 GATE_LOGIT = 8.0  # pre-sigmoid value of the opened attention gates
@@ -132,7 +132,7 @@ def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: 
     # Adam state: the KPN's moments where a tensor carries over (the kernel rows of the head too); for the
     # new tensors zero first moments and second moments from the fitting batches' gradients.
     loss_fn = loss_for_family("ame-kpn", kta["anneal_decay"], kta.get("anneal_floor") or 0.0, kta.get("loss_scale") or "linear",
-                              1.0 if kta.get("gradient_weight") is None else kta["gradient_weight"])
+                              STAGE_FIELDS["gradient_weight"] if kta.get("gradient_weight") is None else kta["gradient_weight"])
     squares = {name: torch.zeros_like(p) for name, p in ame.named_parameters()}
     ame.train()
     for burst, noise_map, clean in batches:
