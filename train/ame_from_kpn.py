@@ -9,8 +9,9 @@ the decoders. Trained from scratch on our CPU budget it stayed 0.8-0.9 dB under 
   - the weight map starts at `weight` everywhere (0.98: not saturated, so both branches get gradient);
   - the residual rows of the head (a 3x3 read-out of the last features, one for every frame) are fitted
     by least squares so that weight x KPN + (1 - weight) x R best fits the clean images of `fit_batches`
-    training batches, each burst weighted by 1 / the KPN's squared error (as the log loss weighs it);
-    so the AME-KPN starts level with the KPN instead of `1 - weight` under it;
+    training batches, in the loss's gamma space to first order (each pixel's error x the sRGB slope at
+    the clean pixel, each burst weighted by 1 / the KPN's squared error there, as the log loss weighs it);
+    so the AME-KPN starts near the KPN (0.1 dB under it from the shipped kpn-small) instead of `1 - weight` dark;
   - the run continues the KPN's: its step, schedule, data and Adam moments (the new tensors' second
     moments estimated from the same batches, so their first updates are not the fresh-Adam +-rate), with
     the blend parts (train.trainer.is_blend_part) at `head_lr_factor` x the rate. Why: at the end of a
@@ -36,12 +37,21 @@ import typer
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import BurstSampler, DataError, load_source
 from .losses import loss_for_family
+from .metrics import linear_to_srgb
 from .models import build_model, config_from_dict
 from .trainer import LR_SCHEDULES, STAGE_FIELDS, TrainError, build_optimizer, lr_lambda_factory
 
 FIT_SEED = 12345  # numpy seed of the fitting batches (not a training step's seed: those are [seed, rank, step])
 GATE_LOGIT = 8.0  # pre-sigmoid value of the opened attention gates
 RIDGE = 1e-6  # relative ridge of the least-squares fit (the features' scale times this)
+
+
+def _srgb_slope(linear: torch.Tensor) -> torch.Tensor:
+    """dG/dx of train.metrics.linear_to_srgb at each pixel of `linear` (by autograd, so the formula stays there)."""
+    x = linear.detach().clamp(0.0, 1.0).requires_grad_(True)
+    with torch.enable_grad():
+        (slope,) = torch.autograd.grad(linear_to_srgb(x).sum(), x)
+    return slope
 
 
 def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: float = 30.0,
@@ -91,8 +101,13 @@ def ame_from_kpn(kpn_path: str, out: str, weight: float = 0.98, head_lr_factor: 
             b, c9, hw = cols.shape
             rows.append(torch.cat([cols.transpose(1, 2).reshape(-1, c9), torch.ones(b * hw, 1)], 1).double())
             targets.append(((clean - weight * kpn_out) / (1 - weight)).reshape(-1, 1).double())
-            mse = ((kpn_out - clean) ** 2).mean(dim=(1, 2, 3))
-            burst_weights.append((1.0 / mse).repeat_interleave(hw).reshape(-1, 1).double())
+            # The loss compares images after the sRGB gamma G: to first order a pixel's error there is
+            # G'(clean) x its linear error, so each pixel weighs G'(clean)^2 and each burst 1 / the
+            # KPN's squared error after G. (Fitted on linear errors alone, the start was 0.3 dB under the
+            # KPN on its own fitting batches: docs/training-findings.md.)
+            slope = _srgb_slope(clean)
+            mse = ((linear_to_srgb(kpn_out) - linear_to_srgb(clean)) ** 2).mean(dim=(1, 2, 3))
+            burst_weights.append((slope**2 / mse.view(-1, 1, 1, 1)).reshape(-1, 1).double())
     a, y, sw = torch.cat(rows), torch.cat(targets), torch.cat(burst_weights).sqrt()
     aw = a * sw
     ridge = RIDGE * torch.eye(a.shape[1], dtype=torch.float64) * aw.pow(2).sum() / a.shape[0]
