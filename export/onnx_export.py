@@ -364,12 +364,16 @@ def _post_pass(model: onnx.ModelProto, meta: dict[str, str], opset: int, static:
             if dim.HasField("dim_param") and dim.dim_param in names:
                 dim.dim_param = names[dim.dim_param]
 
-    # 4. drop exporter-side metadata (stack traces with local paths, FX names) from nodes and values
+    # 4. drop exporter-side metadata (stack traces with local paths, FX names) from nodes and values, and
+    # the graph's (the exported program's signature and range constraints: the latter printed from a set,
+    # so its order, and the file's bytes, changed from one process to the next)
     def strip(props) -> None:
         kept = [p for p in props if not p.key.startswith("pkg.torch")]
         del props[:]
         props.extend(kept)
 
+    strip(model.graph.metadata_props)
+    strip(model.metadata_props)
     for node in model.graph.node:
         strip(node.metadata_props)
     for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):

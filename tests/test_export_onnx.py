@@ -138,6 +138,18 @@ def test_metadata(exported):
     assert {p.key: p.value for p in onnx.load(str(rep16.output)).metadata_props}["kpn.precision"] == "fp16"
 
 
+def test_no_exporter_metadata_is_left(exported):
+    """torch.export's metadata (stack traces with local paths; the graph's range constraints, printed from
+    a set, so in another order in another process) is dropped everywhere: the same checkpoint exports to
+    the same bytes, which the shipped manifest's sha256 can then vouch for."""
+    _, _, rep32, rep16, _, _ = exported
+    for path in (rep32.output, rep16.output):
+        m = onnx.load(str(path))
+        holders = [m, m.graph, *m.graph.node, *m.graph.input, *m.graph.output, *m.graph.value_info, *m.graph.initializer]
+        left = sorted({p.key for h in holders for p in h.metadata_props if p.key.startswith("pkg.torch")})
+        assert not left, (path, left)
+
+
 @pytest.mark.parametrize("b,h,w", [(2, 32, 48), (1, 64, 40)])
 def test_onnxruntime_matches_pytorch(exported, b, h, w):
     family, _, rep32, _, model, cfg = exported
