@@ -56,6 +56,10 @@ def test_release_keeps_earlier_models_and_honours_default(two_runs, tmp_path):
     manifest = release([two_runs[1]], out, default="kpn-small", log=lambda *_: None)
     assert [e["name"] for e in manifest["models"]] == ["kpn-small", "pan-small"]
     assert manifest["default"] == "kpn-small"
+    assert manifest["default_reason"] == "chosen by hand (--default)"
+    manifest = release([], out, default="pan-small", default_reason="level on validation, ahead elsewhere", log=lambda *_: None)
+    assert manifest["default"] == "pan-small"
+    assert manifest["default_reason"] == "chosen by hand (--default): level on validation, ahead elsewhere"
     with pytest.raises(ValueError, match="--default nope"):
         release([], out, default="nope", log=lambda *_: None)
 

@@ -244,7 +244,8 @@ def image_licences(models: list[dict]) -> dict[str, str]:
     return licences
 
 
-def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = None, log=print) -> dict:
+def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = None, log=print,
+            default_reason: Optional[str] = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "MANIFEST.json"
     entries = {}
@@ -259,7 +260,7 @@ def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = Non
     else:
         if default not in entries:
             raise ValueError(f"--default {default}: not among {sorted(entries)}")
-        why = "chosen by hand (--default)"
+        why = f"chosen by hand (--default): {default_reason}" if default_reason else "chosen by hand (--default)"
     manifest = {
         "default": default,
         "default_reason": why,
@@ -278,13 +279,16 @@ def main(
     checkpoints: list[Path] = typer.Argument(..., help="kpn-train checkpoints to ship"),
     out: Path = typer.Option(Path("models"), "--out", help="folder of shipped models"),
     default: Optional[str] = typer.Option(None, "--default", help="name of the runtime's default model (default: best mean validation PSNR)"),
+    default_reason: Optional[str] = typer.Option(None, "--default-reason", help="why --default: recorded in the manifest's default_reason"),
 ) -> None:
     from export.errors import ExportError
 
     from .checkpoint import CheckpointError
 
     try:
-        release(checkpoints, out, default)
+        if default_reason and not default:
+            raise ValueError("--default-reason: give it with --default NAME")
+        release(checkpoints, out, default, default_reason=default_reason)
     except (CheckpointError, ExportError, ValueError, OSError) as exc:
         typer.echo(f"train.release: error: {str(exc).strip().splitlines()[0]}", err=True)
         raise typer.Exit(2)
