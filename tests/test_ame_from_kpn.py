@@ -97,7 +97,7 @@ def test_from_the_shipped_kpn_the_kernel_branch_is_the_kpn(tmp_path):
     """On the shipped kpn-small (trained weights), converted with 3 fitting batches: on those batches the
     AME-KPN's kernel branch alone (weight map at 1, gates open) scores what the KPN scores, and the fitted
     residual branch is in the output. The blended start is not asserted level: from kpn-small's step
-    58500 (lambda 1) it was (28.950 dB on validation against 28.952); from the shipped 71000-step one
+    58500 (lambda 1) it was (28.950 dB on validation against 28.952); from its 71000-step one
     (trained with --gradient-weight 0) it starts 0.2 dB under on its fitting batches (measured; 0.3
     with the earlier fit on linear errors): R, a 3x3 read-out of the features, is a far worse image than
     the KPN's, and its 2% share costs that much (docs/training-findings.md)."""
