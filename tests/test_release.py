@@ -60,6 +60,8 @@ def test_release_keeps_earlier_models_and_honours_default(two_runs, tmp_path):
     manifest = release([], out, default="pan-small", default_reason="level on validation, ahead elsewhere", log=lambda *_: None)
     assert manifest["default"] == "pan-small"
     assert manifest["default_reason"] == "chosen by hand (--default): level on validation, ahead elsewhere"
+    with pytest.raises(ValueError, match="--default-reason: give it with --default"):
+        release([], out, default_reason="why", log=lambda *_: None)
     with pytest.raises(ValueError, match="--default nope"):
         release([], out, default="nope", log=lambda *_: None)
 

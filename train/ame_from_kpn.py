@@ -11,7 +11,7 @@ the decoders. Trained from scratch on our CPU budget it stayed 0.8-0.9 dB under 
     by least squares so that weight x KPN + (1 - weight) x R best fits the clean images of `fit_batches`
     training batches, in the loss's gamma space to first order (each pixel's error x the sRGB slope at
     the clean pixel, each burst weighted by 1 / the KPN's squared error there, as the log loss weighs it);
-    so the AME-KPN starts near the KPN (0.1 dB under it from the shipped kpn-small) instead of `1 - weight` dark;
+    so the AME-KPN starts near the KPN (0.1 dB under it on validation from kpn-small's step 71000) instead of `1 - weight` dark;
   - the run continues the KPN's: its step, schedule, data and Adam moments (the new tensors' second
     moments estimated from the same batches, so their first updates are not the fresh-Adam +-rate), with
     the blend parts (train.trainer.is_blend_part) at `head_lr_factor` x the rate. Why: at the end of a

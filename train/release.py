@@ -246,6 +246,8 @@ def image_licences(models: list[dict]) -> dict[str, str]:
 
 def release(checkpoints: list[Path], out_dir: Path, default: Optional[str] = None, log=print,
             default_reason: Optional[str] = None) -> dict:
+    if default_reason and default is None:
+        raise ValueError("--default-reason: give it with --default NAME")
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "MANIFEST.json"
     entries = {}
@@ -286,8 +288,6 @@ def main(
     from .checkpoint import CheckpointError
 
     try:
-        if default_reason and not default:
-            raise ValueError("--default-reason: give it with --default NAME")
         release(checkpoints, out, default, default_reason=default_reason)
     except (CheckpointError, ExportError, ValueError, OSError) as exc:
         typer.echo(f"train.release: error: {str(exc).strip().splitlines()[0]}", err=True)
