@@ -134,7 +134,7 @@ def loss_for_family(family: str, decay: float | None = None, floor: float = 0.0,
     offsets after the annealing, which a softmax that gives the reference nearly all the weight no
     longer does (issue 8's note). `scale`: one of LOSS_SCALES (module doc). `gradient_weight`: lambda of
     eq. 7, which the paper leaves open (a "regularizer"); the shipped KPN-family models trained with 1 up
-    to their last stage, which used 0. On gamma-space images in [0, 1] the gradient term at 1 is 19-105x
+    to kpn-small's step 58500 and with 0 from there on. On gamma-space images in [0, 1] the gradient term at 1 is 19-105x
     the squared error (the 58500-step kpn-small on the validation bursts, gain 4 to gain 1), so the loss
     is in effect an L1 loss on gradients, not the squared error that PSNR measures."""
     decay = PAPER_DECAY if decay is None else decay
