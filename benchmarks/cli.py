@@ -91,7 +91,7 @@ def quality_cmd(
                                "photographs) or a folder (its validation split; the rest tunes the baselines)"),
     gains: str = typer.Option("1,2,3,4", "--gains", help="AME-KPN Table 1 gains, comma-separated"),
     crop: int = typer.Option(128, "--crop", help="test burst size in pixels (square)"),
-    test_crops: int = typer.Option(8, "--test-crops", help="test bursts per gain"),
+    test_crops: int = typer.Option(8, "--test-crops", help="test bursts per gain (the same crops at every gain); the report gives each model's difference from the best classical baseline with its standard error over the crops, which falls as 1/sqrt(crops): 8 for a quick look, 24 for the shipped report"),
     tune_crops: int = typer.Option(4, "--tune-crops", help="tuning bursts per gain (from the training split)"),
     frames: int = typer.Option(8, "--frames", help="frames per test burst (models take the first N they need)"),
     motion: str = typer.Option("paper", "--motion", help="offsets of the test and tuning bursts: paper (AME-KPN 3.1), "

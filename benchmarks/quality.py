@@ -249,6 +249,39 @@ def _evaluate(name: str, fn: Callable[[int, int], np.ndarray], test: dict, gains
                                      for g in gains) + f"   {timing[name]['seconds_per_mp']:.2f} s/MP")
 
 
+def against_best_baseline(results: dict, gains: list[int]) -> dict | None:
+    """Each method's PSNR difference from the best classical baseline (the one of NLM and BM3D with the
+    higher mean over gains), paired burst by burst: the same crop and motion appear at every gain (only
+    the noise differs), so each crop's difference is averaged over the gains first and the crops are the
+    sampling unit. -> {"baseline", "crops", "rows": {method: {mean_db, standard_error_db, ci95_db,
+    crops_better}}} (no error or interval from a single crop), or None without a classical baseline."""
+    from scipy.stats import t as student_t
+
+    present = [b for b in (NLM, BM3D) if b in results]
+    if not present:
+        return None
+
+    def mean_over_gains(name: str) -> float:
+        return float(np.mean([results[name][_gain_name(g)]["psnr"] for g in gains]))
+
+    baseline = max(present, key=mean_over_gains)
+    base = np.array([results[baseline][_gain_name(g)]["psnr_per_burst"] for g in gains])  # [gains, crops]
+    crops = base.shape[1]
+    rows = {}
+    for name, per_gain in results.items():
+        if name in (NOISY, MEAN, ALIGNED_MEAN, NLM, BM3D):
+            continue
+        per_crop = (np.array([per_gain[_gain_name(g)]["psnr_per_burst"] for g in gains]) - base).mean(axis=0)
+        mean = float(per_crop.mean())
+        se = ci95 = None
+        if crops > 1:
+            se = float(per_crop.std(ddof=1) / math.sqrt(crops))
+            half = float(student_t.ppf(0.975, crops - 1)) * se
+            ci95 = [mean - half, mean + half]
+        rows[name] = {"mean_db": mean, "standard_error_db": se, "ci95_db": ci95, "crops_better": int((per_crop > 0).sum())}
+    return {"baseline": baseline, "crops": crops, "rows": rows}
+
+
 def _model_methods(spec: ModelSpec, crop: int, threads: int, runtime_backend: str, workdir: Path,
                    test: dict, self_ensemble: tuple[int, ...] = ()) -> tuple[list[tuple[str, Callable]], list[dict]]:
     """(name, fn(gain, i)) for the model in PyTorch and through the runtime (and the runtime's self-ensemble);
@@ -326,6 +359,19 @@ def markdown(result: dict) -> str:
     for name, per_gain in result["results"].items():
         cells = " | ".join(f"{per_gain[f'gain{g}']['psnr']:.2f} | {per_gain[f'gain{g}']['ssim']:.4f}" for g in gains)
         lines.append(f"| {name} | {cells} | {result['time_per_mp'][name]['seconds_per_mp']:.3f} |")
+    paired = result.get("against_best_baseline")
+    if paired and paired["rows"]:
+        n = paired["crops"]
+        lines += ["", f"## Against the best classical baseline, {paired['baseline']} (paired, {n} test crops)", "",
+                  f"PSNR difference (dB) on the same bursts, mean over gains {', '.join(map(str, gains))} per crop, then "
+                  f"over the {n} crops (each crop appears at every gain with its own noise, so the crops are the "
+                  "sampling unit); standard error over the crops and a 95% interval (Student t). An interval that "
+                  "holds 0 means this test set cannot tell the method from the baseline.", "",
+                  "| method | difference dB | standard error | 95% interval | crops better |", "|---|---:|---:|---|---:|"]
+        for name, r in paired["rows"].items():
+            se = "n/a" if r["standard_error_db"] is None else f"{r['standard_error_db']:.2f}"
+            ci = "n/a" if r["ci95_db"] is None else f"{r['ci95_db'][0]:+.2f} to {r['ci95_db'][1]:+.2f}"
+            lines.append(f"| {name} | {r['mean_db']:+.2f} | {se} | {ci} | {r['crops_better']} of {n} |")
     if result["model_parity"]:
         lines += ["", "## PyTorch vs runtime (exported ONNX)", "", "| model | max abs diff (linear) | max PSNR difference dB |",
                   "|---|---:|---:|"]
@@ -529,6 +575,7 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
         "time_per_mp": timing,
         "tuning": tuning,
         "model_parity": parity,
+        "against_best_baseline": against_best_baseline(results, gains),
         "unavailable": unavailable,
         "paper_table1": {k: {f"gain{i + 1}": {"psnr": p, "ssim": s} for i, (p, s) in enumerate(v)}
                          for k, v in PAPER_TABLE1.items()},

@@ -196,6 +196,14 @@ def test_quality_command(kpn_ckpt, tmp_path):
     assert model["training_downsample"] == 2
     assert "2 steps of 2 bursts of 16x16 at downsample 2 on scikit-image's bundled photographs, from step 1 at downsample 1" in md
     assert (out / "quality_crops.png").read_bytes().startswith(PNG_MAGIC)
+    # the paired comparison with the better classical baseline is in the JSON and the report
+    paired = data["against_best_baseline"]
+    assert paired["baseline"] in ("OpenCV NLM multi-frame", "BM3D (reference frame)") and paired["crops"] == 2
+    assert set(paired["rows"]) == {n for n in names if n.startswith("kpn")}
+    row = paired["rows"]["kpn (PyTorch)"]
+    gains_mean = lambda m: np.mean([res[m][g]["psnr"] for g in ("gain1", "gain4")])  # noqa: E731
+    assert row["mean_db"] == pytest.approx(gains_mean("kpn (PyTorch)") - gains_mean(paired["baseline"]))
+    assert f"## Against the best classical baseline, {paired['baseline']} (paired, 2 test crops)" in md
 
 
 def test_quality_rejects_unknown_motion(kpn_ckpt, tmp_path):
@@ -251,3 +259,40 @@ def test_aligned_mean_undoes_the_generators_motion():
     assert err_aligned < 1e-3 and err_aligned < err_plain / 20, (err_aligned, err_plain)
     still = rng.random((3, 8, 8))
     np.testing.assert_allclose(aligned_mean(still, np.zeros((3, 2)), 4), still.mean(axis=0), atol=1e-12)
+
+
+def test_against_best_baseline_pairs_crops_across_gains():
+    """Mean, standard error and 95% interval of a model's PSNR difference from the better baseline,
+    against the formulas written out by hand for 3 crops at 2 gains."""
+    from benchmarks.quality import BM3D, NLM, NOISY, against_best_baseline
+
+    def rows(g1, g2):
+        return {"gain1": {"psnr": float(np.mean(g1)), "psnr_per_burst": g1},
+                "gain2": {"psnr": float(np.mean(g2)), "psnr_per_burst": g2}}
+
+    results = {
+        NOISY: rows([20.0, 20.0, 20.0], [15.0, 15.0, 15.0]),
+        NLM: rows([30.0, 30.0, 30.0], [25.0, 25.0, 25.0]),  # mean 27.5: under BM3D, so not the baseline
+        BM3D: rows([32.0, 30.0, 34.0], [26.0, 27.0, 25.0]),  # mean 29.0
+        "m": rows([33.0, 31.0, 33.0], [27.0, 28.0, 24.0]),
+    }
+    paired = against_best_baseline(results, [1, 2])
+    assert paired["baseline"] == BM3D and paired["crops"] == 3 and set(paired["rows"]) == {"m"}
+    # per crop, mean over the two gains of m - BM3D: (1+1)/2, (1+1)/2, (-1-1)/2 = 1, 1, -1
+    per_crop = [1.0, 1.0, -1.0]
+    mean = sum(per_crop) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in per_crop) / 2)
+    se = sd / math.sqrt(3)
+    t975_df2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (tables)
+    row = paired["rows"]["m"]
+    assert row["mean_db"] == pytest.approx(mean)
+    assert row["standard_error_db"] == pytest.approx(se)
+    assert row["ci95_db"] == pytest.approx([mean - t975_df2 * se, mean + t975_df2 * se])
+    assert row["crops_better"] == 2
+    # one crop: a mean, but no error or interval
+    one = {k: {g: {"psnr": v[g]["psnr_per_burst"][0], "psnr_per_burst": v[g]["psnr_per_burst"][:1]} for g in v}
+           for k, v in results.items()}
+    row1 = against_best_baseline(one, [1, 2])["rows"]["m"]
+    assert row1["mean_db"] == pytest.approx(1.0) and row1["standard_error_db"] is None and row1["ci95_db"] is None
+    # no classical baseline run: nothing to compare with
+    assert against_best_baseline({NOISY: results[NOISY], "m": results["m"]}, [1, 2]) is None
