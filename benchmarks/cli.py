@@ -88,10 +88,12 @@ def quality_cmd(
     models: Optional[list[str]] = typer.Option(
         None, "--models", help="checkpoints (.pt) or ONNX models, comma-separated or repeated [default: models/MANIFEST.json]"),
     images: str = typer.Option("builtin-test", "--images", help="'builtin-test' (validation split of the builtin "
-                               "photographs) or a folder (its validation split; the rest tunes the baselines)"),
+                               "photographs), a folder (its validation split; the rest tunes the baselines) or heldout:FOLDER "
+                               "(every image of FOLDER tests, e.g. the wallpapers of `python -m train.photos --set wallpapers`; "
+                               "the baselines tune on the builtin training split)"),
     gains: str = typer.Option("1,2,3,4", "--gains", help="AME-KPN Table 1 gains, comma-separated"),
     crop: int = typer.Option(128, "--crop", help="test burst size in pixels (square)"),
-    test_crops: int = typer.Option(8, "--test-crops", help="test bursts per gain (the same crops at every gain); the report gives each model's difference from the best classical baseline with its standard error over the crops, which falls as 1/sqrt(crops): 8 for a quick look, 24 for the shipped report"),
+    test_crops: int = typer.Option(8, "--test-crops", help="test bursts per gain (the same crops at every gain); the report gives each model's difference from the best classical baseline with its standard error over the crops, which falls as 1/sqrt(crops)"),
     tune_crops: int = typer.Option(4, "--tune-crops", help="tuning bursts per gain (from the training split)"),
     frames: int = typer.Option(8, "--frames", help="frames per test burst (models take the first N they need)"),
     motion: str = typer.Option("paper", "--motion", help="offsets of the test and tuning bursts: paper (AME-KPN 3.1), "

@@ -62,6 +62,7 @@ NLM_WINDOWS = (3, 5, 7)
 BM3D_STRENGTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
 NOISY, MEAN, NLM, BM3D = "Noisy reference", "Burst mean", "OpenCV NLM multi-frame", "BM3D (reference frame)"
 ALIGNED_MEAN = "Burst mean, aligned by the true motion (oracle)"
+HELDOUT_PREFIX = "heldout:"  # --images heldout:FOLDER: all of FOLDER tests (e.g. `python -m train.photos --set wallpapers`)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,7 +155,8 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
                 motion: str = "paper") -> tuple[dict, dict, dict, np.ndarray]:
     """-> (test {gain: (burst [V,N,h,w], nmap [V,1,h,w], clean [V,1,h,w]) numpy}, tuning (same), source info,
     the test bursts' frame offsets [V,N,2] in full-resolution pixels)."""
-    from train.data import MOTION_MODELS, DataError, VALIDATION_GAINS, load_source, validation_bursts
+    from train.data import (MOTION_MODELS, DataError, SourceImage, VALIDATION_GAINS, list_images, load_image, load_source,
+                            validation_bursts)
 
     for g in gains:
         if _gain_name(g) not in VALIDATION_GAINS:
@@ -163,9 +165,13 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
         raise BenchError(f"--motion {motion}: choose {', '.join(MOTION_MODELS)}")
     if test_crops < 1 or crop < 8:
         raise BenchError("--test-crops must be >= 1 and --crop >= 8")
-    source = "builtin" if images == "builtin-test" else images
     try:
-        train_imgs, val_imgs = load_source(source, val_fraction, split_seed)
+        if images.startswith(HELDOUT_PREFIX):  # every image tests; the baselines tune on the builtin training split
+            folder = Path(images[len(HELDOUT_PREFIX):])
+            train_imgs = load_source("builtin", val_fraction, split_seed)[0]
+            val_imgs = [SourceImage(str(f.relative_to(folder)), load_image(f).pixels) for f in list_images(folder)]
+        else:
+            train_imgs, val_imgs = load_source("builtin" if images == "builtin-test" else images, val_fraction, split_seed)
     except DataError as exc:
         raise BenchError(str(exc)) from None
 
@@ -340,6 +346,12 @@ def _model_methods(spec: ModelSpec, crop: int, threads: int, runtime_backend: st
 def markdown(result: dict) -> str:
     cfg, env = result["config"], result["machine"]
     gains = cfg["gains"]
+    names = ", ".join(result["source"]["test_images"])
+    if cfg["images"].startswith(HELDOUT_PREFIX):
+        test_words = (f"all {len(result['source']['test_images'])} photographs of `{cfg['images'][len(HELDOUT_PREFIX):]}` "
+                      f"({names}), held out: never trained or tuned on")
+    else:
+        test_words = f"the validation split ({names}) of `{cfg['images']}`, never used for training"
     head = "| method | " + " | ".join(f"gain {g} PSNR | gain {g} SSIM" for g in gains) + " | s/MP |"
     sep = "|---|" + "---:|---:|" * len(gains) + "---:|"
     lines = [
@@ -348,8 +360,7 @@ def markdown(result: dict) -> str:
         f"Command: `{cfg['command']}`",
         "",
         f"{env['cpu']} ({env['cpu_count']} CPUs), {cfg['threads']} threads. Test bursts: {cfg['test_crops']} per gain, "
-        f"{cfg['crop']}x{cfg['crop']} px, {cfg['frames']} frames, {cfg['motion']} motion, from the validation split "
-        f"({', '.join(result['source']['test_images'])}) of `{cfg['images']}`, never used for training; generator "
+        f"{cfg['crop']}x{cfg['crop']} px, {cfg['frames']} frames, {cfg['motion']} motion, from {test_words}; generator "
         "`train.data.validation_set` (AME-KPN sec. 3.1). PSNR (dB) and SSIM in sRGB gamma space, mean over bursts. "
         "s/MP = seconds per output megapixel on this machine.",
         "",

@@ -296,3 +296,27 @@ def test_against_best_baseline_pairs_crops_across_gains():
     assert row1["mean_db"] == pytest.approx(1.0) and row1["standard_error_db"] is None and row1["ci95_db"] is None
     # no classical baseline run: nothing to compare with
     assert against_best_baseline({NOISY: results[NOISY], "m": results["m"]}, [1, 2]) is None
+
+
+def test_quality_on_a_heldout_folder_tests_every_image_and_tunes_elsewhere(kpn_ckpt, tmp_path):
+    """--images heldout:FOLDER: every image of FOLDER is a test image (none is split off for tuning);
+    the classical baselines are tuned on the builtin training split."""
+    import imageio.v3 as iio
+    import skimage.data
+
+    folder = tmp_path / "held"
+    (folder / "sub").mkdir(parents=True)
+    iio.imwrite(folder / "rocket.png", skimage.data.rocket())
+    iio.imwrite(folder / "sub" / "cat.png", skimage.data.chelsea())
+    out = tmp_path / "q"
+    r = _invoke(["quality", "--models", str(kpn_ckpt), "--images", f"heldout:{folder}", "--gains", "2", "--crop", "32",
+                 "--test-crops", "2", "--tune-crops", "1", "--threads", "2", "--no-bm3d", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "quality.json").read_text())
+    assert data["source"]["test_images"] == ["rocket.png", "sub/cat.png"]
+    assert data["source"]["tuning_images"] and all(n.startswith("builtin:") for n in data["source"]["tuning_images"])
+    assert len(data["results"]["kpn (PyTorch)"]["gain2"]["psnr_per_burst"]) == 2
+    md = (out / "quality.md").read_text()
+    assert f"from all 2 photographs of `{folder}` (rocket.png, sub/cat.png), held out: never trained or tuned on" in md
+    r = _invoke(["quality", "--models", str(kpn_ckpt), "--images", f"heldout:{tmp_path / 'none'}", "--out", str(out)])
+    assert r.exit_code != 0 and f"{tmp_path / 'none'}: no such data folder" in r.output

