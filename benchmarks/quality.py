@@ -181,6 +181,8 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
         return {g: tuple(t.numpy()[:count] for t in vs[_gain_name(g)]) for g in gains}, offsets[:count]
 
     test, test_offsets = make(val_imgs, test_crops, seed)
+    per_test_image = math.ceil(test_crops / len(val_imgs))  # validation_bursts: each image's crops in turn
+    test_crop_images = [im.name for im in val_imgs for _ in range(per_test_image)][:test_crops]
     tune: dict = {}
     tune_names: list[str] = []
     if need_tuning and tune_crops > 0:
@@ -192,6 +194,7 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
         "images": images,
         "motion": motion,
         "test_images": [im.name for im in val_imgs],
+        "test_crop_images": test_crop_images,
         "tuning_images": tune_names,
         "train_split_size": len(train_imgs),
         "val_fraction": val_fraction,
@@ -255,14 +258,29 @@ def _evaluate(name: str, fn: Callable[[int, int], np.ndarray], test: dict, gains
                                      for g in gains) + f"   {timing[name]['seconds_per_mp']:.2f} s/MP")
 
 
-def against_best_baseline(results: dict, gains: list[int]) -> dict | None:
+def _mean_interval(values: np.ndarray) -> tuple[float, float | None, list[float] | None]:
+    """-> (mean, standard error, 95% Student-t interval) of independent samples; no error from one."""
+    from scipy.stats import t as student_t
+
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, None, None
+    se = float(values.std(ddof=1) / math.sqrt(len(values)))
+    half = float(student_t.ppf(0.975, len(values) - 1)) * se
+    return mean, se, [mean - half, mean + half]
+
+
+def against_best_baseline(results: dict, gains: list[int], crop_images: list[str] | None = None) -> dict | None:
     """Each method's PSNR difference from the best classical baseline (the one of NLM and BM3D with the
     higher mean over gains), paired burst by burst: the same crop and motion appear at every gain (only
     the noise differs), so each crop's difference is averaged over the gains first and the crops are the
-    sampling unit. -> {"baseline", "crops", "rows": {method: {mean_db, standard_error_db, ci95_db,
-    crops_better}}} (no error or interval from a single crop), or None without a classical baseline."""
-    from scipy.stats import t as student_t
-
+    sampling unit. Crops of one photograph are alike, so with `crop_images` (the photograph of each
+    crop) the same is done with the photographs as the unit (each photograph's crops averaged first):
+    the interval for photographs like these, not only for these crops.
+    -> {"baseline", "crops", "images", "rows": {method: {mean_db, standard_error_db, ci95_db,
+    crops_better, image_mean_db, image_standard_error_db, image_ci95_db, images_better}}} (no error or
+    interval from a single crop or photograph; the image_ fields only with crop_images), or None
+    without a classical baseline."""
     present = [b for b in (NLM, BM3D) if b in results]
     if not present:
         return None
@@ -273,19 +291,23 @@ def against_best_baseline(results: dict, gains: list[int]) -> dict | None:
     baseline = max(present, key=mean_over_gains)
     base = np.array([results[baseline][_gain_name(g)]["psnr_per_burst"] for g in gains])  # [gains, crops]
     crops = base.shape[1]
+    images = list(dict.fromkeys(crop_images)) if crop_images else []
+    if crop_images and len(crop_images) != crops:
+        raise BenchError(f"{len(crop_images)} crop image names for {crops} crops")
     rows = {}
     for name, per_gain in results.items():
         if name in (NOISY, MEAN, ALIGNED_MEAN, NLM, BM3D):
             continue
         per_crop = (np.array([per_gain[_gain_name(g)]["psnr_per_burst"] for g in gains]) - base).mean(axis=0)
-        mean = float(per_crop.mean())
-        se = ci95 = None
-        if crops > 1:
-            se = float(per_crop.std(ddof=1) / math.sqrt(crops))
-            half = float(student_t.ppf(0.975, crops - 1)) * se
-            ci95 = [mean - half, mean + half]
-        rows[name] = {"mean_db": mean, "standard_error_db": se, "ci95_db": ci95, "crops_better": int((per_crop > 0).sum())}
-    return {"baseline": baseline, "crops": crops, "rows": rows}
+        mean, se, ci95 = _mean_interval(per_crop)
+        row = {"mean_db": mean, "standard_error_db": se, "ci95_db": ci95, "crops_better": int((per_crop > 0).sum())}
+        if images:
+            per_image = np.array([per_crop[[c == im for c in crop_images]].mean() for im in images])
+            mean_i, se_i, ci95_i = _mean_interval(per_image)
+            row.update(image_mean_db=mean_i, image_standard_error_db=se_i, image_ci95_db=ci95_i,
+                       images_better=int((per_image > 0).sum()))
+        rows[name] = row
+    return {"baseline": baseline, "crops": crops, "images": len(images) or None, "rows": rows}
 
 
 def _model_methods(spec: ModelSpec, crop: int, threads: int, runtime_backend: str, workdir: Path,
@@ -373,16 +395,25 @@ def markdown(result: dict) -> str:
     paired = result.get("against_best_baseline")
     if paired and paired["rows"]:
         n = paired["crops"]
+        m = paired.get("images")
         lines += ["", f"## Against the best classical baseline, {paired['baseline']} (paired, {n} test crops)", "",
                   f"PSNR difference (dB) on the same bursts, mean over gains {', '.join(map(str, gains))} per crop, then "
                   f"over the {n} crops (each crop appears at every gain with its own noise, so the crops are the "
                   "sampling unit); standard error over the crops and a 95% interval (Student t). An interval that "
-                  "holds 0 means this test set cannot tell the method from the baseline.", "",
-                  "| method | difference dB | standard error | 95% interval | crops better |", "|---|---:|---:|---|---:|"]
+                  "holds 0 means this test set cannot tell the method from the baseline." + (
+                      f" Crops of one photograph are alike: the last two columns take the {m} photographs as the unit "
+                      "(each one's crops averaged first), the interval for other photographs like these." if m else ""), "",
+                  "| method | difference dB | standard error | 95% interval | crops better | by photograph: 95% interval "
+                  "| photographs better |", "|---|---:|---:|---|---:|---|---:|"]
+
+        def interval(ci):
+            return "n/a" if ci is None else f"{ci[0]:+.2f} to {ci[1]:+.2f}"
+
         for name, r in paired["rows"].items():
             se = "n/a" if r["standard_error_db"] is None else f"{r['standard_error_db']:.2f}"
-            ci = "n/a" if r["ci95_db"] is None else f"{r['ci95_db'][0]:+.2f} to {r['ci95_db'][1]:+.2f}"
-            lines.append(f"| {name} | {r['mean_db']:+.2f} | {se} | {ci} | {r['crops_better']} of {n} |")
+            by_image = (f"{interval(r['image_ci95_db'])} | {r['images_better']} of {m}" if m else "n/a | n/a")
+            lines.append(f"| {name} | {r['mean_db']:+.2f} | {se} | {interval(r['ci95_db'])} | {r['crops_better']} of {n} | "
+                         f"{by_image} |")
     if result["model_parity"]:
         lines += ["", "## PyTorch vs runtime (exported ONNX)", "", "| model | max abs diff (linear) | max PSNR difference dB |",
                   "|---|---:|---:|"]
@@ -586,7 +617,7 @@ def run(specs: list[ModelSpec], models_note: str, images: str, gains: list[int],
         "time_per_mp": timing,
         "tuning": tuning,
         "model_parity": parity,
-        "against_best_baseline": against_best_baseline(results, gains),
+        "against_best_baseline": against_best_baseline(results, gains, source["test_crop_images"]),
         "unavailable": unavailable,
         "paper_table1": {k: {f"gain{i + 1}": {"psnr": p, "ssim": s} for i, (p, s) in enumerate(v)}
                          for k, v in PAPER_TABLE1.items()},

@@ -204,6 +204,10 @@ def test_quality_command(kpn_ckpt, tmp_path):
     gains_mean = lambda m: np.mean([res[m][g]["psnr"] for g in ("gain1", "gain4")])  # noqa: E731
     assert row["mean_db"] == pytest.approx(gains_mean("kpn (PyTorch)") - gains_mean(paired["baseline"]))
     assert f"## Against the best classical baseline, {paired['baseline']} (paired, 2 test crops)" in md
+    # 2 crops spread over the 3 builtin validation images: one crop of each of the first two, so counted
+    # by photograph the figures are the crops'
+    assert data["source"]["test_crop_images"] == data["source"]["test_images"][:2] and paired["images"] == 2
+    assert row["image_mean_db"] == pytest.approx(row["mean_db"]) and row["image_ci95_db"] == pytest.approx(row["ci95_db"])
 
 
 def test_quality_rejects_unknown_motion(kpn_ckpt, tmp_path):
@@ -264,6 +268,7 @@ def test_aligned_mean_undoes_the_generators_motion():
 def test_against_best_baseline_pairs_crops_across_gains():
     """Mean, standard error and 95% interval of a model's PSNR difference from the better baseline,
     against the formulas written out by hand for 3 crops at 2 gains."""
+    from benchmarks.common import BenchError
     from benchmarks.quality import BM3D, NLM, NOISY, against_best_baseline
 
     def rows(g1, g2):
@@ -294,6 +299,20 @@ def test_against_best_baseline_pairs_crops_across_gains():
            for k, v in results.items()}
     row1 = against_best_baseline(one, [1, 2])["rows"]["m"]
     assert row1["mean_db"] == pytest.approx(1.0) and row1["standard_error_db"] is None and row1["ci95_db"] is None
+    assert "image_mean_db" not in row and paired["images"] is None
+    # with the photograph of each crop: crops 0 and 1 of photograph a (mean 1), crop 2 of b (-1); the
+    # photographs are the unit, so the mean is 0 (not the crops' 1/3), and its interval is t(1 df) wide
+    by_image = against_best_baseline(results, [1, 2], ["a", "a", "b"])
+    assert by_image["images"] == 2
+    row = by_image["rows"]["m"]
+    assert row["mean_db"] == pytest.approx(mean)  # the crop-level figures do not change
+    se_images = math.sqrt(((1 - 0) ** 2 + (-1 - 0) ** 2) / 1) / math.sqrt(2)
+    t975_df1 = 12.706204736174698  # Student t, 97.5% quantile, 1 degree of freedom (tables)
+    assert row["image_mean_db"] == pytest.approx(0.0) and row["image_standard_error_db"] == pytest.approx(se_images)
+    assert row["image_ci95_db"] == pytest.approx([-t975_df1 * se_images, t975_df1 * se_images])
+    assert row["images_better"] == 1
+    with pytest.raises(BenchError, match="2 crop image names for 3 crops"):
+        against_best_baseline(results, [1, 2], ["a", "b"])
     # no classical baseline run: nothing to compare with
     assert against_best_baseline({NOISY: results[NOISY], "m": results["m"]}, [1, 2]) is None
 
@@ -314,6 +333,7 @@ def test_quality_on_a_heldout_folder_tests_every_image_and_tunes_elsewhere(kpn_c
     assert r.exit_code == 0, r.output
     data = json.loads((out / "quality.json").read_text())
     assert data["source"]["test_images"] == ["rocket.png", "sub/cat.png"]
+    assert data["source"]["test_crop_images"] == ["rocket.png", "sub/cat.png"]  # one crop each
     assert data["source"]["tuning_images"] and all(n.startswith("builtin:") for n in data["source"]["tuning_images"])
     assert len(data["results"]["kpn (PyTorch)"]["gain2"]["psnr_per_burst"]) == 2
     md = (out / "quality.md").read_text()
