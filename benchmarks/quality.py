@@ -176,13 +176,13 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
         raise BenchError(str(exc)) from None
 
     def make(imgs, count, s):
+        """-> ({gain: bursts}, offsets, each burst's image name): `per` crops of each image in turn."""
         per = math.ceil(count / len(imgs))
         vs, offsets = validation_bursts(imgs, frames, 0, crop, per_image=per, seed=s, motion=motion)
-        return {g: tuple(t.numpy()[:count] for t in vs[_gain_name(g)]) for g in gains}, offsets[:count]
+        names = [im.name for im in imgs for _ in range(per)][:count]
+        return {g: tuple(t.numpy()[:count] for t in vs[_gain_name(g)]) for g in gains}, offsets[:count], names
 
-    test, test_offsets = make(val_imgs, test_crops, seed)
-    per_test_image = math.ceil(test_crops / len(val_imgs))  # validation_bursts: each image's crops in turn
-    test_crop_images = [im.name for im in val_imgs for _ in range(per_test_image)][:test_crops]
+    test, test_offsets, test_crop_images = make(val_imgs, test_crops, seed)
     tune: dict = {}
     tune_names: list[str] = []
     if need_tuning and tune_crops > 0:

@@ -334,9 +334,10 @@ def refuse_heldout(files: list[Path]) -> None:
 
     held = {p.sha256: p.file for p in HELDOUT_PHOTOS}
     for f in files:
-        if sha256_file(f) in held:
-            raise DataError(f"{f}: held out for evaluation (the wallpaper {held[sha256_file(f)]} of train.photos "
-                            "--set wallpapers): never trained or tuned on; use it with kpn-bench --images heldout:FOLDER")
+        name = held.get(sha256_file(f))
+        if name is not None:
+            raise DataError(f"{f}: held out for evaluation (the wallpaper {name} of train.photos --set wallpapers): "
+                            "never trained or tuned on; use it with kpn-bench --images heldout:FOLDER")
 
 
 def extra_training_images(folder: str, validation: list[SourceImage]) -> list[SourceImage]:
