@@ -156,7 +156,7 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
     """-> (test {gain: (burst [V,N,h,w], nmap [V,1,h,w], clean [V,1,h,w]) numpy}, tuning (same), source info,
     the test bursts' frame offsets [V,N,2] in full-resolution pixels)."""
     from train.data import (MOTION_MODELS, DataError, SourceImage, VALIDATION_GAINS, list_images, load_image, load_source,
-                            validation_bursts)
+                            refuse_seen, validation_bursts)
 
     for g in gains:
         if _gain_name(g) not in VALIDATION_GAINS:
@@ -169,7 +169,9 @@ def load_bursts(images: str, gains: list[int], crop: int, test_crops: int, tune_
         if images.startswith(HELDOUT_PREFIX):  # every image tests; the baselines tune on the builtin training split
             folder = Path(images[len(HELDOUT_PREFIX):])
             train_imgs = load_source("builtin", val_fraction, split_seed)[0]
-            val_imgs = [SourceImage(str(f.relative_to(folder)), load_image(f).pixels) for f in list_images(folder)]
+            files = list_images(folder)
+            val_imgs = [SourceImage(str(f.relative_to(folder)), load_image(f).pixels) for f in files]
+            refuse_seen(files, val_imgs)
         else:
             train_imgs, val_imgs = load_source("builtin" if images == "builtin-test" else images, val_fraction, split_seed)
     except DataError as exc:

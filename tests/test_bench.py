@@ -325,18 +325,26 @@ def test_quality_on_a_heldout_folder_tests_every_image_and_tunes_elsewhere(kpn_c
 
     folder = tmp_path / "held"
     (folder / "sub").mkdir(parents=True)
-    iio.imwrite(folder / "rocket.png", skimage.data.rocket())
-    iio.imwrite(folder / "sub" / "cat.png", skimage.data.chelsea())
+    rng = np.random.default_rng(0)
+    smooth = lambda: (np.cumsum(rng.normal(size=(200, 240, 3)), axis=1) % 256).astype(np.uint8)  # noqa: E731
+    iio.imwrite(folder / "a.png", smooth())
+    iio.imwrite(folder / "sub" / "b.png", smooth())
     out = tmp_path / "q"
     r = _invoke(["quality", "--models", str(kpn_ckpt), "--images", f"heldout:{folder}", "--gains", "2", "--crop", "32",
                  "--test-crops", "2", "--tune-crops", "1", "--threads", "2", "--no-bm3d", "--out", str(out)])
     assert r.exit_code == 0, r.output
     data = json.loads((out / "quality.json").read_text())
-    assert data["source"]["test_images"] == ["rocket.png", "sub/cat.png"]
-    assert data["source"]["test_crop_images"] == ["rocket.png", "sub/cat.png"]  # one crop each
+    assert data["source"]["test_images"] == ["a.png", "sub/b.png"]
+    assert data["source"]["test_crop_images"] == ["a.png", "sub/b.png"]  # one crop each
     assert data["source"]["tuning_images"] and all(n.startswith("builtin:") for n in data["source"]["tuning_images"])
     assert len(data["results"]["kpn (PyTorch)"]["gain2"]["psnr_per_burst"]) == 2
     md = (out / "quality.md").read_text()
-    assert f"from all 2 photographs of `{folder}` (rocket.png, sub/cat.png), held out: never trained or tuned on" in md
+    assert f"from all 2 photographs of `{folder}` (a.png, sub/b.png), held out: never trained or tuned on" in md
     r = _invoke(["quality", "--models", str(kpn_ckpt), "--images", f"heldout:{tmp_path / 'none'}", "--out", str(out)])
     assert r.exit_code != 0 and f"{tmp_path / 'none'}: no such data folder" in r.output
+    # a photograph training has seen is not held out, under any name
+    iio.imwrite(folder / "sub" / "mine.png", skimage.data.rocket())
+    r = _invoke(["quality", "--models", str(kpn_ckpt), "--images", f"heldout:{folder}", "--out", str(tmp_path / "q2")])
+    assert r.exit_code != 0
+    assert f"{folder / 'sub' / 'mine.png'}: the same pixels as builtin:rocket, which training or validation used: not held out" in r.output
+    assert not (tmp_path / "q2" / "quality.json").exists()

@@ -82,6 +82,11 @@ def test_registry_photographs_are_collected_as_pinned(tmp_path):
     assert len(train) == 8 + len(P.REGISTRY_PHOTOS) and len(val) == 3
     # every photograph is big enough for the papers' 4x window (4*64 + 2*64 pixels) without enlarging
     assert min(min(im.pixels.shape[:2]) for im in train[8:]) >= 4 * 64 + 2 * 64
+    # and they are not a held-out set (kpn-bench --images heldout:FOLDER refuses them)
+    from train.data import DataError, load_image, refuse_seen
+
+    with pytest.raises(DataError, match=r"china.jpg: the training photograph china.jpg of train.photos: not held out"):
+        refuse_seen(files, [load_image(f) for f in files])
     (out / "flower.jpg").write_bytes(b"changed")
     assert not P.is_registry_folder(out)
 
@@ -108,3 +113,11 @@ def test_wallpapers_are_collected_as_pinned_and_never_trained_on(tmp_path):
     (mixed / "other.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"renamed.jpg: held out for evaluation \(the wallpaper canyon-wren.jpg"):
         load_source(str(mixed))
+
+
+def test_unknown_photo_set_is_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(P.app, [str(tmp_path / "x"), "--set", "holiday"])
+    assert r.exit_code == 2 and "train.photos: error: --set holiday: choose training or wallpapers" in r.output
+    assert not (tmp_path / "x").exists()

@@ -340,6 +340,26 @@ def refuse_heldout(files: list[Path]) -> None:
                             "never trained or tuned on; use it with kpn-bench --images heldout:FOLDER")
 
 
+def refuse_seen(files: list[Path], images: list[SourceImage]) -> None:
+    """Raise DataError for an image that training or checkpoint selection has seen, for a set that
+    claims to be held out (kpn-bench --images heldout:FOLDER): the pixels of a builtin photograph
+    (training and validation split alike) or one of train.photos' training photographs (by sha256)."""
+    from runtime.files import sha256_file
+
+    from .photos import REGISTRY_PHOTOS
+
+    training = {p.sha256: p.file for p in REGISTRY_PHOTOS}
+    for f in files:
+        name = training.get(sha256_file(f))
+        if name is not None:
+            raise DataError(f"{f}: the training photograph {name} of train.photos: not held out")
+    builtin = builtin_images()
+    for im, f in zip(images, files):
+        for b in builtin:
+            if im.pixels.shape == b.pixels.shape and np.array_equal(im.pixels, b.pixels):
+                raise DataError(f"{f}: the same pixels as {b.name}, which training or validation used: not held out")
+
+
 def extra_training_images(folder: str, validation: list[SourceImage]) -> list[SourceImage]:
     """Every image of `folder`, for training; refuses an image with the pixels of a validation image
     and a held-out wallpaper."""
