@@ -325,38 +325,46 @@ def builtin_images() -> list[SourceImage]:
 EXTRA_PREFIX = "builtin+"
 
 
+def _pinned_among(files: list[Path], photos) -> tuple[Path, str] | None:
+    """(file, photo name) of the first of `files` whose sha256 is one of `photos`' (train.photos), or None."""
+    from runtime.files import sha256_file
+
+    pinned = {p.sha256: p.file for p in photos}
+    for f in files:
+        name = pinned.get(sha256_file(f))
+        if name is not None:
+            return f, name
+    return None
+
+
+def _same_pixels(a: SourceImage, b: SourceImage) -> bool:
+    return a.pixels.shape == b.pixels.shape and np.array_equal(a.pixels, b.pixels)
+
+
 def refuse_heldout(files: list[Path]) -> None:
     """Raise DataError for a file that is one of the wallpaper photographs held out for evaluation
     (train.photos.HELDOUT_PHOTOS, by sha256): they are never trained or tuned on."""
-    from runtime.files import sha256_file
-
     from .photos import HELDOUT_PHOTOS
 
-    held = {p.sha256: p.file for p in HELDOUT_PHOTOS}
-    for f in files:
-        name = held.get(sha256_file(f))
-        if name is not None:
-            raise DataError(f"{f}: held out for evaluation (the wallpaper {name} of train.photos --set wallpapers): "
-                            "never trained or tuned on; use it with kpn-bench --images heldout:FOLDER")
+    found = _pinned_among(files, HELDOUT_PHOTOS)
+    if found:
+        raise DataError(f"{found[0]}: held out for evaluation (the wallpaper {found[1]} of train.photos --set wallpapers): "
+                        "never trained or tuned on; use it with kpn-bench --images heldout:FOLDER")
 
 
 def refuse_seen(files: list[Path], images: list[SourceImage]) -> None:
     """Raise DataError for an image that training or checkpoint selection has seen, for a set that
     claims to be held out (kpn-bench --images heldout:FOLDER): the pixels of a builtin photograph
     (training and validation split alike) or one of train.photos' training photographs (by sha256)."""
-    from runtime.files import sha256_file
-
     from .photos import REGISTRY_PHOTOS
 
-    training = {p.sha256: p.file for p in REGISTRY_PHOTOS}
-    for f in files:
-        name = training.get(sha256_file(f))
-        if name is not None:
-            raise DataError(f"{f}: the training photograph {name} of train.photos: not held out")
+    found = _pinned_among(files, REGISTRY_PHOTOS)
+    if found:
+        raise DataError(f"{found[0]}: the training photograph {found[1]} of train.photos: not held out")
     builtin = builtin_images()
     for im, f in zip(images, files):
         for b in builtin:
-            if im.pixels.shape == b.pixels.shape and np.array_equal(im.pixels, b.pixels):
+            if _same_pixels(im, b):
                 raise DataError(f"{f}: the same pixels as {b.name}, which training or validation used: not held out")
 
 
@@ -368,7 +376,7 @@ def extra_training_images(folder: str, validation: list[SourceImage]) -> list[So
     extra = [load_image(f) for f in files]
     for im in extra:
         for v in validation:
-            if im.pixels.shape == v.pixels.shape and np.array_equal(im.pixels, v.pixels):
+            if _same_pixels(im, v):
                 raise DataError(f"{im.name}: the same pixels as validation image {v.name} "
                                 "(validation images are never trained on)")
     return extra
