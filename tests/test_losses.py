@@ -26,11 +26,10 @@ def eq7(pred, target, lam):
     return l2 + lam * (gx + gy)
 
 
-def eq9(pred, target, power=1):
-    """power 1: the paper's mean absolute error; 2: the squared error (kpn-train --pixel-loss l2)."""
+def eq9(pred, target):
     p, g = img(pred), img(target)
     H, W = len(p), len(p[0])
-    return sum(abs(p[y][x] - g[y][x]) ** power for y in range(H) for x in range(W)) / (H * W)
+    return sum(abs(p[y][x] - g[y][x]) for y in range(H) for x in range(W)) / (H * W)
 
 
 def sample(seed, shape):
@@ -165,28 +164,6 @@ def test_log_loss_scale_weighs_a_burst_by_its_relative_error():
     assert losses[1] / losses[0] > 5
     for b in range(2):
         assert torch.allclose(grads["log"][b], grads["linear"][b] / losses[b], rtol=1e-9, atol=0)
-
-
-@pytest.mark.parametrize("scale", ["linear", "log"])
-def test_pixel_loss_is_l_of_eq9(scale):
-    """kpn-train --pixel-loss: ST-PAN's l is the mean absolute (l1) or squared (l2) gamma-space error, in
-    the output's term and in each group's annealed term; the KPN family's eq. 7 has no such choice."""
-    pred, target = sample(12, (2, 1, 5, 6)), sample(13, (2, 1, 5, 6))
-    groups = sample(14, (2, 3, 5, 6))
-    for pixel_loss, power in (("l1", 1), ("l2", 2)):
-        loss = loss_for_family("st-pan", decay=0.5, scale=scale, pixel_loss=pixel_loss)
-        assert loss.to_dict()["pixel_loss"] == pixel_loss
-
-        def term(images):  # the loss of [2, 1, H, W] estimates against the targets
-            per_burst = [eq9(images[b : b + 1], target[b : b + 1], power) for b in range(2)]
-            return (sum(math.log(v) for v in per_burst) if scale == "log" else sum(per_burst)) / 2
-
-        expected = term(pred) + 100.0 * 0.5**3 * sum(term(groups[:, i : i + 1]) for i in range(3))
-        assert float(loss(pred, groups, target, 3)[0]) == pytest.approx(expected, rel=1e-12)
-    with pytest.raises(ValueError, match="squared error already"):
-        loss_for_family("kpn", pixel_loss="l2")
-    with pytest.raises(ValueError, match="unknown pixel loss"):
-        loss_for_family("st-pan", pixel_loss="l3")
 
 
 @pytest.mark.parametrize("scale", ["linear", "log"])

@@ -207,32 +207,6 @@ def test_a_new_loss_scale_starts_adams_moments_afresh(tmp_path):
     assert adam_steps(ckpt) == {3.0}  # other stage fields keep them
 
 
-def test_a_pixel_loss_stage_trains_with_the_squared_error_and_the_release_command_reproduces_it(tmp_path, monkeypatch):
-    """--pixel-loss l2 on a resume is a stage of an ST-PAN run with fresh Adam moments (the L1 loss's
-    gradients are 10-100x the squared error's); the release command written for it gives the same
-    weights, and a run that never set it keeps its command line without the flag. KPN refuses it."""
-    from train.release import train_command
-
-    run = tmp_path / "pan.pt"
-    train(TrainArgs(model="pan", iters=2, seed=5, out=str(run), **TINY))
-    before = torch.load(run, weights_only=True)["train_args"]
-    assert before["pixel_loss"] == "l1" and before["loss"]["pixel_loss"] == "l1"
-    assert "--pixel-loss" not in train_command(before, "again.pt")
-    train(TrainArgs(model="pan", iters=3, resume=str(run), pixel_loss="l2", out=str(run), **TINY))
-    ckpt = torch.load(run, weights_only=True)
-    assert {float(v["step"]) for v in ckpt["optimizer"]["state"].values()} == {1.0}
-    assert ckpt["train_args"]["stages"] == [{"from_step": 2, "set": {"pixel_loss": "l2"}, "previous": {"pixel_loss": "l1"}}]
-    assert ckpt["train_args"]["loss"]["pixel_loss"] == "l2"
-    commands = train_command(ckpt["train_args"], "again.pt").split(" && ")
-    assert "--pixel-loss" not in commands[0]
-    assert commands[1] == "kpn-train --model pan --resume again.pt --iters 3 --pixel-loss l2 --out again.pt"
-    again = _run_as_a_user(commands, tmp_path, monkeypatch, "again.pt")
-    for k, v in ckpt["model"].items():
-        assert torch.equal(v, again["model"][k]), k
-    with pytest.raises(TrainError, match="squared error already"):
-        train(TrainArgs(model="kpn", iters=1, pixel_loss="l2", out=str(tmp_path / "k.pt"), **TINY))
-
-
 def test_stages_in_the_first_format_still_read():
     from train.release import train_command
     from train.trainer import first_stage_values, stage_changes
