@@ -215,7 +215,7 @@ def test_stages_in_the_first_format_still_read():
     assert stage_changes(old) == ({"downsample": 1}, {"downsample": 2})
     args = {"model": "st-pan", "iters": 9000, "downsample": 1, "stages": [old]}
     assert first_stage_values(args) == {"data": "builtin", "downsample": 2, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0,
-                                        "anneal_floor": 0.0, "loss_scale": "linear", "gradient_weight": 1.0, "pixel_loss": "l1"}
+                                        "anneal_floor": 0.0, "loss_scale": "linear", "gradient_weight": 1.0}
     first, second = train_command(args, "m.pt").split(" && ")
     assert "--iters 4500 --downsample 2 " in first
     assert second == "kpn-train --model st-pan --resume m.pt --iters 9000 --downsample 1 --out m.pt"

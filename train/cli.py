@@ -42,7 +42,6 @@ def run(
     anneal_floor: Optional[float] = typer.Option(None, "--anneal-floor", help="the annealed term's weight never falls below this (default 0): the per-frame/per-group estimates keep training every frame's kernels or offsets. With --resume, a new value starts a new stage of the run"),
     loss_scale: Optional[str] = typer.Option(None, "--loss-scale", help="linear (default: the papers' loss) or log: the batch mean of each burst's log loss, so that low-noise bursts weigh as much as high-noise ones (the mean PSNR in dB over gains is what the bar measures). With --resume, a new value starts a new stage of the run"),
     gradient_weight: Optional[float] = typer.Option(None, "--gradient-weight", help="KPN/AME-KPN: lambda of eq. 7, the weight of the L1 loss on the output's gradients beside its squared error (default 1; at 1 the gradient term is 19-105x the squared error, so the loss hardly sees PSNR; 0: the squared error alone, the shipped KPN-family models' stages from kpn-small's step 58500 on). With --resume, a new value starts a new stage of the run"),
-    pixel_loss: Optional[str] = typer.Option(None, "--pixel-loss", help="ST-PAN/PAN: l of eq. 9, l1 (default: the paper's mean absolute error) or l2 (the squared error, which PSNR measures). With --resume, a new value starts a new stage of the run (with fresh Adam moments)"),
     kernels: Optional[str] = typer.Option(None, "--kernels", help="KPN/AME-KPN: softmax (default: N x softmax over a pixel's taps), projected (the raw kernels moved onto sum N: no tap starves of gradient, as a small softmax share does) or raw (the papers'); a new run only, a resume keeps the checkpoint's"),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="start a new run from this checkpoint's weights (those whose names and shapes match; the rest, e.g. the first convolution and the head of a net with another --frames, keep their initialisation). Recorded in the checkpoint"),
     workers: int = typer.Option(0, "--workers", help="processes that make the training bursts ahead of the steps (0: in the training process); on a GPU the synthesis, ~4 ms per burst on one CPU core, is otherwise the bottleneck. The bursts are the same for any value"),
@@ -58,7 +57,7 @@ def run(
                      frames=frames, val_crop=val_crop, val_per_image=val_per_image, epoch_iters=epoch_iters,
                      motion=motion, noise_range=noise_range, downsample=downsample, still_fraction=still_fraction,
                      augment=augment, lr_factor=lr_factor, anneal_decay=anneal_decay,
-                     anneal_floor=anneal_floor, loss_scale=loss_scale, gradient_weight=gradient_weight, pixel_loss=pixel_loss, kernels=kernels,
+                     anneal_floor=anneal_floor, loss_scale=loss_scale, gradient_weight=gradient_weight, kernels=kernels,
                      init_from=init_from, workers=workers, quiet=quiet)
     try:
         train(args)

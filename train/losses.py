@@ -10,8 +10,7 @@ AME-KPN (eq. 7, 8), also used for KPN (its own paper's loss):
   step (0 for the first update).
 
 ST-PAN (eq. 9-11), also used for PAN:
-    l(Y, Ygt) = mean |G(Y) - G(Ygt)|      (kpn-train --pixel-loss l1, the paper's)
-              = mean (G(Y) - G(Ygt))^2    (--pixel-loss l2: the squared error that PSNR measures)
+    l(Y, Ygt) = mean |G(Y) - G(Ygt)|
     L         = l(Y, Ygt) + eta * gamma^m * sum_{i=1..s} l(Y_i, Ygt)
   with Y_i the group estimates of eq. 10, each normalised by its group's share of the softmax
   weights by the model (train/models/pan.py); eta = 100,
@@ -57,19 +56,9 @@ def ame_kpn_per_burst(pred: Tensor, target: Tensor, lam: float = 1.0) -> Tensor:
     return _burst_mean((gp - gt) ** 2) + lam * (_burst_mean(dx.abs()) + _burst_mean(dy.abs()))
 
 
-def _pixel_error(pred: Tensor, target: Tensor, pixel_loss: str) -> Tensor:
-    """|G(pred) - G(target)| (l1) or its square (l2), per pixel."""
-    diff = linear_to_srgb(pred) - linear_to_srgb(target)
-    if pixel_loss == "l1":
-        return diff.abs()
-    if pixel_loss == "l2":
-        return diff**2
-    raise ValueError(f"unknown pixel loss {pixel_loss!r}; choose {' or '.join(PIXEL_LOSSES)}")
-
-
-def st_pan_per_burst(pred: Tensor, target: Tensor, pixel_loss: str = "l1") -> Tensor:
+def st_pan_per_burst(pred: Tensor, target: Tensor) -> Tensor:
     """Eq. 9 for each burst of [B, 1, H, W] linear images -> [B]."""
-    return _burst_mean(_pixel_error(pred, target, pixel_loss))
+    return _burst_mean((linear_to_srgb(pred) - linear_to_srgb(target)).abs())
 
 
 def ame_kpn_basic(pred: Tensor, target: Tensor, lam: float = 1.0) -> Tensor:
@@ -78,9 +67,9 @@ def ame_kpn_basic(pred: Tensor, target: Tensor, lam: float = 1.0) -> Tensor:
     return ((gp - gt) ** 2).mean() + lam * gradient_l1(gp, gt)
 
 
-def st_pan_basic(pred: Tensor, target: Tensor, pixel_loss: str = "l1") -> Tensor:
+def st_pan_basic(pred: Tensor, target: Tensor) -> Tensor:
     """Eq. 9 on [B, 1, H, W] linear images."""
-    return _pixel_error(pred, target, pixel_loss).mean()
+    return (linear_to_srgb(pred) - linear_to_srgb(target)).abs().mean()
 
 
 @dataclass
@@ -96,17 +85,16 @@ class AnnealedLoss:
     gradient_weight: float = 1.0  # lambda of eq. 7 (AME-KPN only)
     floor: float = 0.0  # the annealed term's weight never falls below this (kpn-train --anneal-floor)
     scale: str = "linear"  # LOSS_SCALES: "log" takes the batch mean of each burst's log loss (module doc)
-    pixel_loss: str = "l1"  # PIXEL_LOSSES: l of eq. 9 (ST-PAN only; module doc)
 
     def base(self, pred: Tensor, target: Tensor) -> Tensor:
         if self.scale == "log":
             per_burst = (ame_kpn_per_burst(pred, target, self.gradient_weight) if self.kind == "ame-kpn"
-                         else st_pan_per_burst(pred, target, self.pixel_loss))
+                         else st_pan_per_burst(pred, target))
             return per_burst.clamp_min(1e-12).log().mean()
         if self.kind == "ame-kpn":
             return ame_kpn_basic(pred, target, self.gradient_weight)
         if self.kind == "st-pan":
-            return st_pan_basic(pred, target, self.pixel_loss)
+            return st_pan_basic(pred, target)
         raise ValueError(f"unknown loss kind {self.kind!r}")
 
     def weight(self, step: int) -> float:
@@ -126,17 +114,15 @@ class AnnealedLoss:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "coefficient": self.coefficient, "decay": self.decay,
-                "gradient_weight": self.gradient_weight, "floor": self.floor, "scale": self.scale,
-                "pixel_loss": self.pixel_loss}
+                "gradient_weight": self.gradient_weight, "floor": self.floor, "scale": self.scale}
 
 
 PAPER_DECAY = 0.9998  # alpha (AME-KPN) and gamma (ST-PAN)
 LOSS_SCALES = ("linear", "log")
-PIXEL_LOSSES = ("l1", "l2")
 
 
 def loss_for_family(family: str, decay: float | None = None, floor: float = 0.0, scale: str = "linear",
-                    gradient_weight: float = 1.0, pixel_loss: str = "l1") -> AnnealedLoss:
+                    gradient_weight: float = 1.0) -> AnnealedLoss:
     """KPN and AME-KPN train with AME-KPN's loss (eq. 7-8); ST-PAN and PAN with ST-PAN's (eq. 9-11).
 
     `decay` replaces the papers' 0.9998 for short runs: with it the annealed term (100 x 0.9998^t, summed
@@ -150,8 +136,7 @@ def loss_for_family(family: str, decay: float | None = None, floor: float = 0.0,
     eq. 7, which the paper leaves open (a "regularizer"); the shipped KPN-family models trained with 1 up
     to kpn-small's step 58500 and with 0 from there on. On gamma-space images in [0, 1] the gradient term at 1 is 19-105x
     the squared error (the 58500-step kpn-small on the validation bursts, gain 4 to gain 1), so the loss
-    is in effect an L1 loss on gradients, not the squared error that PSNR measures. `pixel_loss`: l of
-    ST-PAN's eq. 9, l1 (the paper's) or l2 (the squared error); the KPN family's eq. 7 is a squared error."""
+    is in effect an L1 loss on gradients, not the squared error that PSNR measures."""
     decay = PAPER_DECAY if decay is None else decay
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"annealing decay {decay} must be in [0, 1]")
@@ -163,12 +148,8 @@ def loss_for_family(family: str, decay: float | None = None, floor: float = 0.0,
         raise ValueError(f"gradient weight {gradient_weight} must be in [0, 100]")
     if gradient_weight != 1.0 and family not in ("kpn", "ame-kpn"):
         raise ValueError(f"the gradient weight is lambda of AME-KPN's eq. 7; {family}'s loss (ST-PAN eq. 9) has no gradient term")
-    if pixel_loss not in PIXEL_LOSSES:
-        raise ValueError(f"unknown pixel loss {pixel_loss!r}; choose {' or '.join(PIXEL_LOSSES)}")
-    if pixel_loss != "l1" and family not in ("st-pan", "pan"):
-        raise ValueError(f"the pixel loss is l of ST-PAN's eq. 9; {family}'s loss (AME-KPN eq. 7) is a squared error already")
     if family in ("kpn", "ame-kpn"):
         return AnnealedLoss("ame-kpn", coefficient=100.0, decay=decay, gradient_weight=gradient_weight, floor=floor, scale=scale)
     if family in ("st-pan", "pan"):
-        return AnnealedLoss("st-pan", coefficient=100.0, decay=decay, floor=floor, scale=scale, pixel_loss=pixel_loss)
+        return AnnealedLoss("st-pan", coefficient=100.0, decay=decay, floor=floor, scale=scale)
     raise ValueError(f"unknown model family {family!r}")

@@ -34,12 +34,11 @@ _TRAIN_FLAGS = [("model", "--model"), ("width", "--width"), ("kernels", "--kerne
                 ("frames", "--frames"), ("epoch_iters", "--epoch-iters"), ("motion", "--motion"), ("noise_range", "--noise-range"),
                 ("downsample", "--downsample"), ("still_fraction", "--still-fraction"), ("augment", "--augment"),
                 ("lr_factor", "--lr-factor"), ("anneal_decay", "--anneal-decay"), ("anneal_floor", "--anneal-floor"),
-                ("loss_scale", "--loss-scale"), ("gradient_weight", "--gradient-weight"), ("pixel_loss", "--pixel-loss"),
-                ("val_every", "--val-every"),
+                ("loss_scale", "--loss-scale"), ("gradient_weight", "--gradient-weight"), ("val_every", "--val-every"),
                 ("ckpt_every", "--ckpt-every")]
 # Flags added after models had shipped, written only where a run set them, so that the shipped manifests'
-# command lines stay what they were (and neither family's runs carry the other family's loss option).
-_WRITTEN_ONLY_WHEN_SET = {"gradient_weight": 1.0, "pixel_loss": "l1"}
+# command lines stay what they were (and ST-PAN's, whose loss has no such term, never carry them).
+_WRITTEN_ONLY_WHEN_SET = {"gradient_weight": 1.0}
 
 
 def train_command(train_args: dict, out: str, steps: int | None = None) -> str:

@@ -84,7 +84,6 @@ class TrainArgs:
     anneal_floor: float | None = None  # lowest weight of the annealed term; None: 0, or on --resume the checkpoint's
     loss_scale: str | None = None  # train.losses.LOSS_SCALES; None: "linear", or on --resume the checkpoint's
     gradient_weight: float | None = None  # lambda of eq. 7 (KPN/AME-KPN); None: 1, or on --resume the checkpoint's
-    pixel_loss: str | None = None  # l of eq. 9 (ST-PAN/PAN; train.losses.PIXEL_LOSSES); None: "l1", or on --resume the checkpoint's
     kernels: str | None = None  # KPN/AME-KPN kernel form (train.models.KERNEL_FORMS); None: the config's default
     # A new run that starts from another checkpoint's weights (those whose names and shapes match; the rest,
     # e.g. the first convolution and the head of a net with another --frames, keep their initialisation).
@@ -106,7 +105,7 @@ class TrainArgs:
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
-                                       "loss_scale", "gradient_weight", "pixel_loss", "init_from", "head_lr_factor", "from_kpn"),
+                                       "loss_scale", "gradient_weight", "init_from", "head_lr_factor", "from_kpn"),
                          repr=False)
 
     def to_dict(self) -> dict:
@@ -119,7 +118,7 @@ class TrainArgs:
 # A change starts a new stage of the run (recorded in train_args["stages"]; train.release turns the
 # stages back into command lines).
 STAGE_FIELDS = {"data": "builtin", "downsample": DOWNSAMPLE, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0,
-                "loss_scale": "linear", "gradient_weight": 1.0, "pixel_loss": "l1"}
+                "loss_scale": "linear", "gradient_weight": 1.0}
 
 
 def stage_changes(stage: dict) -> tuple[dict, dict]:
@@ -412,17 +411,15 @@ def train(args: TrainArgs, console=None) -> dict:
             # A new --loss-scale changes the gradients' size by 10-100x; Adam's moment estimates belong to
             # the old loss, and with them the first updates are that much too large (measured on the
             # shipped ST-PAN, 250 steps on: 28.21 dB with the old moments, 29.39 with fresh ones, where
-            # it started). The stage starts them afresh; so does a new --pixel-loss (an L1 loss's
-            # gradients are 1 / (2 |error|) times an L2 loss's: 10-100x at these errors).
+            # it started). The stage starts them afresh.
             stage = args.stages[-1] if args.stages else None
-            if stage and stage["from_step"] == step and {"loss_scale", "pixel_loss"} & set(stage_changes(stage)[0]):
+            if stage and stage["from_step"] == step and "loss_scale" in stage_changes(stage)[0]:
                 optimizer.state.clear()
             console.print(f"resumed {args.resume} at step {step} of {args.iters}")
         try:
-            loss_fn = loss_for_family(cfg.family, args.anneal_decay, args.anneal_floor, args.loss_scale, args.gradient_weight,
-                                      args.pixel_loss)
+            loss_fn = loss_for_family(cfg.family, args.anneal_decay, args.anneal_floor, args.loss_scale, args.gradient_weight)
         except ValueError as exc:
-            raise TrainError(f"--anneal-decay/--anneal-floor/--loss-scale/--gradient-weight/--pixel-loss: {exc}") from None
+            raise TrainError(f"--anneal-decay/--anneal-floor/--loss-scale/--gradient-weight: {exc}") from None
         forward = _TrainForward(net)
         if distributed:
             from torch.nn.parallel import DistributedDataParallel
