@@ -268,7 +268,7 @@ def _training_info(model, ckpt: dict) -> dict:
 
     args, metrics = ckpt.get("train_args") or {}, ckpt.get("metrics") or {}
     info = {"parameters": sum(p.numel() for p in model.parameters())}
-    for key in ("batch_size", "crop", "noise_range"):
+    for key in ("crop", "noise_range"):
         if args.get(key) is not None:
             info[f"training_{key}"] = args[key]
     stages = [{"from_step": int(s["from_step"]), "set": stage_changes(s)[0]} for s in args.get("stages") or []]
@@ -277,8 +277,9 @@ def _training_info(model, ckpt: dict) -> dict:
     if args:  # how the run started (its stages change these later)
         first = first_stage_values(args)
         info["training_downsample"], info["training_data"] = first["downsample"], first["data"]
+        info["training_batch_size"] = first["batch_size"]
         for name, unset in STAGE_FIELDS.items():  # the others only where they are not their default
-            if name not in ("downsample", "data") and first[name] != unset:
+            if name not in ("downsample", "data", "batch_size") and first[name] != unset:
                 info[f"training_{name}"] = first[name]
     if metrics.get("wall_seconds") is not None:
         info["training_wall_seconds"] = round(float(metrics["wall_seconds"]))

@@ -477,6 +477,8 @@ def _stage_words(field: str, value) -> str:
         return f"on {data_words(value)}"
     if field == "loss_scale":
         return "with the per-burst log loss" if value == "log" else "with the papers' (linear) loss"
+    if field == "batch_size":
+        return f"at {value} bursts per step"
     return f"with {field} {value}"
 
 
@@ -495,7 +497,7 @@ def why_numbers_differ(models: list[dict]) -> str:
         if m.get("training_batch_size") and m.get("training_crop"):
             steps += f" of {m['training_batch_size']} bursts of {m['training_crop']}x{m['training_crop']}"
         for field in STAGE_FIELDS:
-            if field != "data" and m.get(f"training_{field}"):
+            if field not in ("data", "batch_size") and m.get(f"training_{field}"):
                 steps += " " + _stage_words(field, m[f"training_{field}"])
         if m.get("training_data"):
             steps += " " + _stage_words("data", m["training_data"])

@@ -168,6 +168,30 @@ def test_a_gradient_weight_stage_trains_with_that_lambda_and_the_release_command
     assert "--gradient-weight 0.5 " in train_command(torch.load(fresh, weights_only=True)["train_args"], "f.pt")
 
 
+def test_a_batch_size_stage_trains_at_that_batch_and_the_release_command_reproduces_it(tmp_path, monkeypatch):
+    """--batch-size on a resume is a stage (a CPU run continued on a GPU at 4x the batch, say): the
+    checkpoint records it, its steps draw that many bursts, and the release's commands reproduce it."""
+    from train.release import train_command
+
+    tiny = {k: v for k, v in TINY.items() if k != "batch_size"}
+    run, same = tmp_path / "run.pt", tmp_path / "same.pt"
+    for path in (run, same):
+        train(TrainArgs(model="pan", iters=2, seed=6, batch_size=2, out=str(path), **tiny))
+    train(TrainArgs(model="pan", iters=4, resume=str(run), batch_size=3, out=str(run), **tiny))
+    train(TrainArgs(model="pan", iters=4, resume=str(same), out=str(same), **tiny))  # no --batch-size: the checkpoint's
+    ckpt, plain = torch.load(run, weights_only=True), torch.load(same, weights_only=True)
+    assert ckpt["train_args"]["batch_size"] == 3 and plain["train_args"]["batch_size"] == 2
+    assert ckpt["train_args"]["stages"] == [{"from_step": 2, "set": {"batch_size": 3}, "previous": {"batch_size": 2}}]
+    assert plain["train_args"]["stages"] == []
+    assert any(not torch.equal(v, plain["model"][k]) for k, v in ckpt["model"].items())  # the batch reached the steps
+    commands = train_command(ckpt["train_args"], "again.pt").split(" && ")
+    assert "--batch-size 2 " in commands[0] and "--iters 2 " in commands[0]
+    assert commands[1] == "kpn-train --model pan --resume again.pt --iters 4 --batch-size 3 --out again.pt"
+    again = _run_as_a_user(commands, tmp_path, monkeypatch, "again.pt")
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, again["model"][k]), k
+
+
 def test_resume_with_new_data_is_a_stage(tmp_path):
     from train.release import train_command
 
@@ -215,9 +239,9 @@ def test_stages_in_the_first_format_still_read():
     assert stage_changes(old) == ({"downsample": 1}, {"downsample": 2})
     args = {"model": "st-pan", "iters": 9000, "downsample": 1, "stages": [old]}
     assert first_stage_values(args) == {"data": "builtin", "downsample": 2, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0,
-                                        "anneal_floor": 0.0, "loss_scale": "linear", "gradient_weight": 1.0}
+                                        "anneal_floor": 0.0, "loss_scale": "linear", "gradient_weight": 1.0, "batch_size": 4}
     first, second = train_command(args, "m.pt").split(" && ")
-    assert "--iters 4500 --downsample 2 " in first
+    assert "--iters 4500 --batch-size 4 --downsample 2 " in first
     assert second == "kpn-train --model st-pan --resume m.pt --iters 9000 --downsample 1 --out m.pt"
 
 

@@ -19,7 +19,7 @@ def run(
     width: str = typer.Option("small", "--width", help="small (CPU), medium (twice small's channels, for a GPU) or paper (the papers' widths)"),
     data: Optional[str] = typer.Option(None, "--data", help="builtin (default: scikit-image's photographs, a fixed validation split), a folder of images (recursive; jpg/png/tif; a fifth of them, chosen by name, validate), or builtin+FOLDER (builtin with FOLDER's images added for training, e.g. from `python -m train.photos`). With --resume, a new value starts a new stage of the run"),
     iters: int = typer.Option(1000, "--iters", help="total optimizer steps (a resumed run continues to this)"),
-    batch_size: int = typer.Option(4, "--batch-size", help="bursts per step (per process under torchrun)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="bursts per step (default 4; per process under torchrun). With --resume, a new value starts a new stage of the run (e.g. 32 on a GPU)"),
     crop: int = typer.Option(64, "--crop", help="training crop P (output size; the source window is 4P+128)"),
     lr: Optional[float] = typer.Option(None, "--lr", help="initial learning rate (default: the paper's: 1e-4 KPN/AME-KPN, 2e-4 ST-PAN/PAN)"),
     out: str = typer.Option("ckpt.pt", "--out", help="checkpoint to write (atomically, every --ckpt-every steps and at the end)"),

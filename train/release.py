@@ -204,7 +204,7 @@ def release_one(ckpt_path: Path, out_dir: Path, log=print) -> dict:
             "command": reproducible_command(train_args, f"models/{name}.pt", steps),
             "resume": f"kpn-train --model {cfg['family']} --resume models/{name}.pt --iters MORE --out models/{name}.pt",
             "steps": steps,
-            "batch_size": train_args.get("batch_size"),
+            "batch_size": first_stage_values(train_args)["batch_size"],  # the first stage's; the command shows any change
             "crop": train_args.get("crop"),
             "world_size": train_args.get("world_size", 1),
             "code": (ckpt.get("versions") or {}).get("kpn-deploy-git", "commit not recorded (checkpoints name it since 2026-11-25)"),

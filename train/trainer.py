@@ -56,7 +56,7 @@ class TrainArgs:
     width: str = "small"
     data: str | None = None  # None: "builtin", or on --resume the checkpoint's; a new value starts a stage
     iters: int = 1000
-    batch_size: int = 4
+    batch_size: int | None = None  # None: 4, or on --resume the checkpoint's; a new value starts a stage
     crop: int = 64
     lr: float | None = None  # None: the paper's initial rate for the family
     out: str = "ckpt.pt"
@@ -101,7 +101,7 @@ class TrainArgs:
     # field: step s's burst comes from the seed (seed, rank, s) wherever it is made, so a resume may change it.
     workers: int = 0
     # fields that define the run: a resume takes them from the checkpoint
-    RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
+    RUN_FIELDS: tuple = field(default=("model", "width", "data", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
@@ -118,7 +118,7 @@ class TrainArgs:
 # A change starts a new stage of the run (recorded in train_args["stages"]; train.release turns the
 # stages back into command lines).
 STAGE_FIELDS = {"data": "builtin", "downsample": DOWNSAMPLE, "still_fraction": 0.0, "augment": "none", "lr_factor": 1.0, "anneal_floor": 0.0,
-                "loss_scale": "linear", "gradient_weight": 1.0}
+                "loss_scale": "linear", "gradient_weight": 1.0, "batch_size": 4}
 
 
 def stage_changes(stage: dict) -> tuple[dict, dict]:
