@@ -101,7 +101,7 @@ class TrainArgs:
     # field: step s's burst comes from the seed (seed, rank, s) wherever it is made, so a resume may change it.
     workers: int = 0
     # fields that define the run: a resume takes them from the checkpoint
-    RUN_FIELDS: tuple = field(default=("model", "width", "data", "crop", "lr", "seed", "frames",
+    RUN_FIELDS: tuple = field(default=("model", "width", "data", "batch_size", "crop", "lr", "seed", "frames",
                                        "val_crop", "val_per_image", "val_fraction", "split_seed",
                                        "epoch_iters", "motion", "noise_range", "downsample", "still_fraction",
                                        "augment", "lr_factor", "stages", "anneal_decay", "anneal_floor",
